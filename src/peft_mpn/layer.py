@@ -1,0 +1,364 @@
+"""Patch-neuron layers: the key, up and value wrappers that MPN puts on the projections of an FFN block.
+
+A patch neuron adds ``v * act(k . x + b)`` to an FFN block. It needs no hooks: the *key* wrapper on the FFN input
+projection appends one output unit per neuron (``k . x + b``), the FFN applies its own activation to every unit,
+and the *value* wrapper on the FFN output projection consumes the extra units (``+ h_extra @ V``). Gated MLPs also
+wrap the up projection, whose units start as a constant 1 so that the neuron is ``v * act(k . x + b) * 1``.
+
+Merging is exact: it appends rows (and biases) to the input projection and columns to the output projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+Role = Literal["key", "up", "value"]
+ROLES: tuple[Role, ...] = ("key", "up", "value")
+
+
+def is_supported_layer(module: nn.Module) -> bool:
+    """Whether MPN can wrap ``module`` (``nn.Linear`` or GPT-2's transposed ``Conv1D``)."""
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def layer_features(module: nn.Module) -> tuple[int, int]:
+    """Return ``(in_features, out_features)`` of a ``nn.Linear`` or ``Conv1D``."""
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    raise TypeError(
+        f"MPN can patch nn.Linear and transformers' Conv1D FFN projections, not {type(module).__name__}. "
+        "Point key_modules/value_modules at the FFN's linear layers."
+    )
+
+
+def append_output_units(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Append output units to a linear layer: rows ``weight`` (n, in) and ``bias`` (n,).
+
+    A layer without a bias gets a zero bias for its old units.
+    """
+    weight = weight.to(module.weight.dtype)
+    bias = bias.to(module.weight.dtype)
+    n = weight.shape[0]
+    if isinstance(module, Conv1D):
+        old_bias = module.bias if module.bias is not None else module.weight.new_zeros(module.weight.shape[1])
+        module.weight = nn.Parameter(torch.cat([module.weight.data, weight.T], dim=1), requires_grad=False)
+        module.nf = module.weight.shape[1]
+    else:
+        old_bias = module.bias if module.bias is not None else module.weight.new_zeros(module.weight.shape[0])
+        module.weight = nn.Parameter(torch.cat([module.weight.data, weight], dim=0), requires_grad=False)
+        module.out_features += n
+    module.bias = nn.Parameter(torch.cat([old_bias.data, bias]), requires_grad=False)
+
+
+def append_input_units(module: nn.Module, weight: torch.Tensor) -> None:
+    """Append input units to a linear layer: ``weight`` (n, out) maps the new inputs to the outputs."""
+    weight = weight.to(module.weight.dtype)
+    if isinstance(module, Conv1D):
+        module.weight = nn.Parameter(torch.cat([module.weight.data, weight], dim=0), requires_grad=False)
+    else:
+        module.weight = nn.Parameter(torch.cat([module.weight.data, weight.T], dim=1), requires_grad=False)
+        module.in_features += weight.shape[0]
+
+
+def truncate_output_units(module: nn.Module, n: int, drop_bias: bool = False) -> None:
+    """Remove the last ``n`` output units of a linear layer (the inverse of :func:`append_output_units`)."""
+    if n == 0 and not drop_bias:
+        return
+    if isinstance(module, Conv1D):
+        module.weight = nn.Parameter(module.weight.data[:, : module.weight.shape[1] - n], requires_grad=False)
+        module.nf = module.weight.shape[1]
+    else:
+        module.weight = nn.Parameter(module.weight.data[: module.weight.shape[0] - n], requires_grad=False)
+        module.out_features -= n
+    if drop_bias:
+        module.bias = None
+    elif module.bias is not None:
+        module.bias = nn.Parameter(module.bias.data[: module.bias.shape[0] - n], requires_grad=False)
+
+
+def truncate_input_units(module: nn.Module, n: int) -> None:
+    """Remove the last ``n`` input units of a linear layer (the inverse of :func:`append_input_units`)."""
+    if n == 0:
+        return
+    if isinstance(module, Conv1D):
+        module.weight = nn.Parameter(module.weight.data[: module.weight.shape[0] - n], requires_grad=False)
+    else:
+        module.weight = nn.Parameter(module.weight.data[:, : module.weight.shape[1] - n], requires_grad=False)
+        module.in_features -= n
+
+
+class PatchBank(nn.Module):
+    """The patches of one adapter on one wrapped projection.
+
+    Each patch is a block of ``n`` rows of width ``dim`` (``in_features`` for key/up, ``out_features`` for value),
+    plus a bias for key/up. Trainable patches are one ``nn.Parameter`` each in a ``ParameterList``, so growing never
+    replaces a Parameter an optimizer holds. Frozen patches are consolidated into one buffer, which no
+    ``requires_grad`` toggling can unfreeze and which the forward pass reads without concatenating thousands of
+    tensors. ``sizes`` and ``num_frozen`` are buffers too, so a saved state dict describes its own shapes.
+
+    Args:
+        role: ``"key"``, ``"up"`` or ``"value"``.
+        dim: Width of each patch row.
+        dtype: Dtype of the patch tensors.
+        device: Device of the patch tensors.
+    """
+
+    def __init__(self, role: Role, dim: int, dtype: torch.dtype, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.role = role
+        self.dim = dim
+        self.has_bias = role != "value"
+        self.register_buffer("frozen_weight", torch.zeros(0, dim, dtype=dtype, device=device))
+        self.register_buffer("frozen_bias", torch.zeros(0, dtype=dtype, device=device) if self.has_bias else None)
+        self.register_buffer("sizes", torch.zeros(0, dtype=torch.long, device=device))
+        self.register_buffer("num_frozen", torch.zeros(1, dtype=torch.long, device=device))
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+
+    @property
+    def num_neurons(self) -> int:
+        """Total neurons, frozen and trainable."""
+        return self.frozen_weight.shape[0] + sum(w.shape[0] for w in self.weights)
+
+    @property
+    def num_patches(self) -> int:
+        """Number of patches, frozen and trainable."""
+        return int(self.sizes.numel())
+
+    def extra_repr(self) -> str:
+        return f"role={self.role}, dim={self.dim}, patches={self.num_patches}, frozen={int(self.num_frozen)}"
+
+    def weight(self) -> torch.Tensor:
+        """All patch rows, oldest first: ``(num_neurons, dim)``."""
+        if len(self.weights) == 0:
+            return self.frozen_weight
+        return torch.cat([self.frozen_weight, *self.weights], dim=0)
+
+    def bias(self) -> torch.Tensor | None:
+        """All patch biases, oldest first (``None`` for a value bank)."""
+        if not self.has_bias:
+            return None
+        if len(self.biases) == 0:
+            return self.frozen_bias
+        return torch.cat([self.frozen_bias, *self.biases], dim=0)
+
+    def add(self, weight: torch.Tensor, bias: torch.Tensor | None, requires_grad: bool = True) -> None:
+        """Append one trainable patch of ``weight.shape[0]`` neurons."""
+        ref = self.frozen_weight
+        self.weights.append(nn.Parameter(weight.detach().to(ref.dtype).to(ref.device), requires_grad=requires_grad))
+        if self.has_bias:
+            self.biases.append(nn.Parameter(bias.detach().to(ref.dtype).to(ref.device), requires_grad=requires_grad))
+        new_size = torch.tensor([weight.shape[0]], dtype=torch.long, device=self.sizes.device)
+        self.sizes = torch.cat([self.sizes, new_size])
+
+    def freeze(self) -> None:
+        """Consolidate every patch into the frozen buffers."""
+        if len(self.weights) == 0:
+            return
+        with torch.no_grad():
+            self.frozen_weight = self.weight().detach().clone()
+            if self.has_bias:
+                self.frozen_bias = self.bias().detach().clone()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.num_frozen.fill_(self.num_patches)
+
+    def unfreeze(self, requires_grad: bool = True) -> None:
+        """Split the frozen buffers back into one trainable Parameter per patch."""
+        n_frozen = int(self.num_frozen)
+        if n_frozen == 0:
+            return
+        split = self.sizes[:n_frozen].tolist()
+        weights = [nn.Parameter(w.clone(), requires_grad=requires_grad) for w in self.frozen_weight.split(split)]
+        self.weights = nn.ParameterList([*weights, *self.weights])
+        if self.has_bias:
+            biases = [nn.Parameter(b.clone(), requires_grad=requires_grad) for b in self.frozen_bias.split(split)]
+            self.biases = nn.ParameterList([*biases, *self.biases])
+        self.frozen_weight = self.frozen_weight[:0].clone()
+        if self.has_bias:
+            self.frozen_bias = self.frozen_bias[:0].clone()
+        self.num_frozen.zero_()
+
+    def resize(self, sizes: Sequence[int], num_frozen: int, requires_grad: bool = True) -> None:
+        """Rebuild empty (zero) patches of the given sizes, so that a saved state dict can be loaded."""
+        sizes = [int(s) for s in sizes]
+        if not 0 <= num_frozen <= len(sizes):
+            raise ValueError(f"num_frozen={num_frozen} must lie between 0 and the number of patches ({len(sizes)}).")
+        ref = self.frozen_weight
+        n_frozen = sum(sizes[:num_frozen])
+        self.frozen_weight = ref.new_zeros(n_frozen, self.dim)
+        if self.has_bias:
+            self.frozen_bias = ref.new_zeros(n_frozen)
+        self.weights = nn.ParameterList(
+            [nn.Parameter(ref.new_zeros(n, self.dim), requires_grad=requires_grad) for n in sizes[num_frozen:]]
+        )
+        self.biases = nn.ParameterList(
+            [nn.Parameter(ref.new_zeros(n), requires_grad=requires_grad) for n in sizes[num_frozen:]]
+            if self.has_bias
+            else []
+        )
+        self.sizes = torch.tensor(sizes, dtype=torch.long, device=self.sizes.device)
+        self.num_frozen.fill_(num_frozen)
+
+
+class MPNLayer(nn.Module, BaseTunerLayer):
+    """Wraps one FFN projection (``nn.Linear`` or ``Conv1D``) and adds the patch units of each adapter.
+
+    Args:
+        base_layer: The projection to wrap.
+        role: ``"key"`` (input projection or gate), ``"up"`` (gated MLP up projection) or ``"value"`` (output
+            projection).
+        block: Name of the FFN block this projection belongs to; key, up and value wrappers of one block share it.
+        adapter_name: The first adapter.
+        sizes: Neurons per patch to rebuild (when loading a saved adapter).
+        num_frozen: How many of those patches are frozen.
+    """
+
+    adapter_layer_names: tuple[str, ...] = ("mpn_patches",)
+    other_param_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        role: Role,
+        block: str,
+        adapter_name: str,
+        sizes: Sequence[int] = (),
+        num_frozen: int = 0,
+    ) -> None:
+        super().__init__()
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}.")
+        self.base_layer = base_layer
+        self.role: Role = role
+        self.block = block
+        self.mpn_patches = nn.ModuleDict()
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._merged_neurons: dict[str, int] = {}
+        self._added_bias = False
+        # (adapter name, dict) while MPNModel.capture_activations() records this key layer's pre-activations
+        self.capture_to: tuple[str, dict[str, torch.Tensor]] | None = None
+        in_features, out_features = layer_features(base_layer)
+        self.in_features, self.out_features = in_features, out_features
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, sizes=sizes, num_frozen=num_frozen)
+
+    # ------------------------------------------------------------------ adapters
+    @property
+    def patch_dim(self) -> int:
+        """Width of each patch row: ``in_features`` for key/up, ``out_features`` for value."""
+        return self.out_features if self.role == "value" else self.in_features
+
+    def update_layer(self, adapter_name: str, sizes: Sequence[int] = (), num_frozen: int = 0) -> None:
+        """Create the patch bank of ``adapter_name`` (empty, or with zero patches of the given sizes)."""
+        weight = self.get_base_layer().weight
+        dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+        device = None if weight.device.type == "meta" else weight.device
+        bank = PatchBank(self.role, self.patch_dim, dtype=dtype, device=device)
+        if sizes:
+            bank.resize(sizes, num_frozen)
+        self.mpn_patches[adapter_name] = bank
+        self.set_adapter(self.active_adapters)
+
+    def bank(self, adapter_name: str) -> PatchBank:
+        """The patch bank of ``adapter_name``."""
+        if adapter_name not in self.mpn_patches:
+            raise KeyError(f"No MPN adapter named {adapter_name!r} on {self.block}; have {list(self.mpn_patches)}.")
+        return self.mpn_patches[adapter_name]
+
+    def _live_banks(self) -> Iterator[tuple[str, PatchBank]]:
+        for name in self.active_adapters:
+            if name in self.mpn_patches and self.mpn_patches[name].num_neurons > 0:
+                yield name, self.mpn_patches[name]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        if self.role == "value":
+            return self._forward_value(x, *args, **kwargs)
+        return self._forward_key(x, *args, **kwargs)
+
+    def _forward_key(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        extras = []
+        for name, bank in self._live_banks():
+            weight = bank.weight()
+            units = F.linear(x.to(weight.dtype), weight, bank.bias())
+            if self.capture_to is not None and self.capture_to[0] == name:
+                self.capture_to[1][self.block] = units
+            extras.append(units.to(result.dtype))
+        if not extras:
+            return result
+        return torch.cat([result, *extras], dim=-1)
+
+    def _forward_value(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        banks = list(self._live_banks())
+        if not banks:
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x[..., : self.in_features], *args, **kwargs)
+        offset = self.in_features
+        for _, bank in banks:
+            weight = bank.weight()
+            n = weight.shape[0]
+            units = x[..., offset : offset + n]
+            result = result + (units.to(weight.dtype) @ weight).to(result.dtype)
+            offset += n
+        if offset != x.shape[-1]:
+            raise RuntimeError(
+                f"MPN value layer of block {self.block!r} got {x.shape[-1]} inputs but expected {offset}: the key and "
+                "value wrappers of this block disagree. Add and freeze patches through MPNModel, not layer by layer."
+            )
+        return result
+
+    # ------------------------------------------------------------------ merge
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Append the patch units of the active (or given) adapters to the base projection. Exact."""
+        names = [n for n in (adapter_names or self.active_adapters) if n in self.mpn_patches]
+        base = self.get_base_layer()
+        for name in names:
+            if name in self.merged_adapters:
+                continue
+            bank = self.mpn_patches[name]
+            weight = bank.weight().detach()
+            if safe_merge and not torch.isfinite(weight).all():
+                raise ValueError(f"MPN adapter {name!r} has non-finite patch weights on {self.block}; not merged.")
+            if self.role == "value":
+                append_input_units(base, weight)
+            else:
+                self._added_bias = self._added_bias or base.bias is None
+                append_output_units(base, weight, bank.bias().detach())
+            self._merged_neurons[name] = weight.shape[0]
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Remove merged patch units from the base projection, newest adapter first. Exact."""
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            n = self._merged_neurons.pop(name)
+            if self.role == "value":
+                truncate_input_units(base, n)
+            else:
+                last = not self.merged_adapters
+                truncate_output_units(base, n, drop_bias=last and self._added_bias)
+                if last:
+                    self._added_bias = False
+
+    def __repr__(self) -> str:
+        return "mpn." + super().__repr__()

@@ -1,0 +1,48 @@
+"""Registration of the ``"MPN"`` PEFT type with peft's tuner mappings.
+
+peft's ``register_peft_method`` only accepts names that are already members of its closed ``PeftType`` enum, so
+MPN brings a ``str`` enum of its own and writes it into the three mappings that ``get_peft_model``,
+``PeftConfig.from_pretrained`` and ``PeftModel.from_pretrained`` read. ``import peft_mpn`` does this once; it must
+happen before ``PeftModel.from_pretrained`` sees an ``adapter_config.json`` with ``"peft_type": "MPN"``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class MPNPeftType(str, enum.Enum):
+    """The PEFT type of MPN adapters; compares and hashes equal to the string ``"MPN"``."""
+
+    MPN = "MPN"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+MPN = MPNPeftType.MPN
+PREFIX = "mpn_"
+
+MISSING_IMPORT_HINT = (
+    "This adapter has peft_type 'MPN'. Run `import peft_mpn` before `PeftModel.from_pretrained` or "
+    "`model.load_adapter`: peft has no plugin entry point, so the MPN type exists only once peft_mpn is imported."
+)
+
+
+def register() -> None:
+    """Write MPN into peft's config, tuner and prefix mappings. Safe to call more than once."""
+    from peft import mapping
+
+    from .config import MPNConfig
+    from .model import MPNModel
+
+    mapping.PEFT_TYPE_TO_CONFIG_MAPPING[MPN] = MPNConfig
+    mapping.PEFT_TYPE_TO_TUNER_MAPPING[MPN] = MPNModel
+    mapping.PEFT_TYPE_TO_PREFIX_MAPPING[MPN] = PREFIX
+
+
+def is_registered() -> bool:
+    """Whether peft currently knows the MPN type."""
+    from peft import mapping
+
+    return MPN in mapping.PEFT_TYPE_TO_TUNER_MAPPING
