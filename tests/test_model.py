@@ -315,3 +315,80 @@ def test_trainer_checkpoint_and_resume_round_trip(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(frozen, frozen_resumed))
     trained = full.patch_parameters(newest_only=True)
     assert any(p.abs().sum() > 0 for p in trained)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_missing_target_module_names_the_fix():
+    with pytest.raises(ValueError, match=r"key_modules entry 'ffn.fc_in' matches no module.*intermediate.dense"):
+        get_peft_model(make_tiny("bert"), MPNConfig(key_modules="ffn.fc_in", value_modules="output.dense"))
+
+
+def test_key_module_without_value_module():
+    config = MPNConfig(key_modules="intermediate.dense", value_modules="output.dense", layers_to_transform=[1],
+                       exclude_modules=["attention.output.dense", "layer.1.output.dense"])
+    with pytest.raises(ValueError, match="has the key module .* but no value module"):
+        get_peft_model(make_tiny("bert"), config)
+
+
+def test_value_module_that_does_not_fit_the_key():
+    config = MPNConfig(key_modules="intermediate.dense", value_modules="attention.output.dense")
+    with pytest.raises(ValueError, match="outputs 64 units but the value module .* takes 32 inputs"):
+        get_peft_model(make_tiny("bert"), config)
+
+
+def test_layers_that_do_not_exist():
+    with pytest.raises(ValueError, match=r"layers \[7\] that this model does not have"):
+        get_peft_model(make_tiny("bert"), MPNConfig(layers_to_transform=[7]))
+
+
+def test_adapter_on_base_with_other_ffn_sizes(tmp_path):
+    import transformers as tf
+
+    model = patched("bert")
+    model.add_patch()
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    wider = tf.BertForSequenceClassification(
+        tf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=48)
+    )
+    with pytest.raises(ValueError, match=r"made for an FFN of dims \[32, 64, 32\].*has \[32, 48, 32\]"):
+        PeftModel.from_pretrained(wider, tmp_path)
+    deeper = make_tiny("bert")
+    deeper.bert.encoder.layer = deeper.bert.encoder.layer[:1]
+    with pytest.raises(ValueError, match="does not have|patches for FFN blocks"):
+        PeftModel.from_pretrained(deeper, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"key": torch.zeros(31)}, r"key for FFN block .* must have shape \(1, 32\) or \(32,\).*got \(31,\)"),
+        ({"value": torch.zeros(2, 32)}, r"value .* must have shape \(1, 32\)"),
+        ({"bias": torch.zeros(3)}, r"bias .* must have shape \(1,\)"),
+        ({"num_neurons": 2, "key": torch.zeros(32)}, r"must have shape \(2, 32\)"),
+        ({"num_neurons": 0}, "num_neurons must be a positive int"),
+        ({"key": {"elsewhere": torch.zeros(32)}}, "no entry for FFN block"),
+        ({"blocks": ["nope"]}, "unknown FFN blocks"),
+    ],
+)
+def test_bad_patch_initialisation(kwargs, match):
+    model = patched("bert")
+    with pytest.raises(ValueError, match=match):
+        model.add_patch(**kwargs)
+    assert model.num_patches() == 0  # nothing was half-added
+
+
+def test_wrong_type_of_patch_initialisation():
+    with pytest.raises(TypeError, match="key must be a tensor"):
+        patched("bert").add_patch(key="ones")
+
+
+def test_several_active_adapters_need_a_name():
+    model = patched("bert")
+    model.add_adapter("b", MPNConfig())
+    model.base_model.set_adapter(["default", "b"])
+    with pytest.raises(ValueError, match="pass adapter_name="):
+        model.add_patch()
+    with pytest.raises(ValueError, match="No adapter named 'zzz'"):
+        model.add_patch(adapter_name="zzz")

@@ -176,7 +176,7 @@ def _as_rows(value: Any, block: str, n: int, dim: int, name: str) -> torch.Tenso
             value = torch.as_tensor(value, dtype=torch.float32)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"add_patch: {name} must be a tensor, got {type(value).__name__}.") from exc
-    want = (n, dim) if dim else (n,)
+    want, given = ((n, dim) if dim else (n,)), tuple(value.shape)
     if dim and value.dim() == 1 and n == 1:
         value = value.unsqueeze(0)
     if dim == 0 and value.dim() == 0:
@@ -185,7 +185,7 @@ def _as_rows(value: Any, block: str, n: int, dim: int, name: str) -> torch.Tenso
         single = f" or ({dim},)" if dim and n == 1 else ""
         raise ValueError(
             f"add_patch: {name} for FFN block {block!r} must have shape {want}{single} (num_neurons={n}), got "
-            f"{tuple(value.shape)}."
+            f"{given}."
         )
     if not torch.is_floating_point(value):
         value = value.float()

@@ -34,11 +34,13 @@ def register() -> None:
     from peft import mapping
 
     from .config import MPNConfig
+    from .hub import install_push_to_hub
     from .model import MPNModel
 
     mapping.PEFT_TYPE_TO_CONFIG_MAPPING[MPN] = MPNConfig
     mapping.PEFT_TYPE_TO_TUNER_MAPPING[MPN] = MPNModel
     mapping.PEFT_TYPE_TO_PREFIX_MAPPING[MPN] = PREFIX
+    install_push_to_hub()
 
 
 def is_registered() -> bool:
