@@ -1,0 +1,65 @@
+"""Offline multilingual data: an XFEVER-like country-facts benchmark and loaders for XNLI / XFEVER.
+
+The benchmark is built from real data shipped in Python packages (``world-countries`` and CLDR via ``babel``, both
+in the ``demo`` extra), so it needs no download. ``datasets`` is imported only by the functions that return datasets.
+"""
+
+from __future__ import annotations
+
+from .benchmark import (
+    COLUMNS,
+    DEFAULT_PREFIX,
+    DEFAULT_SPLIT_FRACTIONS,
+    LABEL_NAMES,
+    Claim,
+    build_benchmark,
+    build_claims,
+    load_templates,
+    read_jsonl,
+    to_edit_records,
+    validate_record,
+    write_jsonl,
+)
+from .countries import (
+    RELATION_LANGUAGES,
+    RELATIONS,
+    WORLD_COUNTRIES_LANGUAGES,
+    XNLI_LANGUAGES,
+    Country,
+    Fact,
+    load_countries,
+    relation_languages,
+)
+from .hub import XFEVER_LANGUAGES, XNLI_HUB_NAME, load_xfever, load_xnli
+from .records import EditRecord, read_records, write_records
+
+
+__all__ = [
+    "EditRecord",
+    "read_records",
+    "write_records",
+    "COLUMNS",
+    "DEFAULT_PREFIX",
+    "DEFAULT_SPLIT_FRACTIONS",
+    "LABEL_NAMES",
+    "RELATIONS",
+    "RELATION_LANGUAGES",
+    "WORLD_COUNTRIES_LANGUAGES",
+    "XFEVER_LANGUAGES",
+    "XNLI_HUB_NAME",
+    "XNLI_LANGUAGES",
+    "Claim",
+    "Country",
+    "Fact",
+    "build_benchmark",
+    "build_claims",
+    "load_countries",
+    "load_templates",
+    "load_xfever",
+    "load_xnli",
+    "read_jsonl",
+    "relation_languages",
+    "to_edit_records",
+    "validate_record",
+    "write_jsonl",
+]
