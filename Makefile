@@ -1,5 +1,7 @@
 # Set-up and entry points. `make test` and `make demo` create or reuse .venv and install what they need.
 PYTHON ?= python3
+# OpenMP busy-waiting makes small torch ops ~8 ms each on 2-core machines.
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip

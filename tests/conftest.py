@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-import pytest
-import torch
-import transformers as tf
 
-
+# Before torch loads OpenMP: with its default busy-waiting, every small op on a 2-core machine costs ~8 ms.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers as tf  # noqa: E402
 
 import peft_mpn  # noqa: E402,F401  (registers the MPN PEFT type)
 
@@ -91,3 +93,103 @@ def ids() -> torch.Tensor:
     """A fixed batch of token ids (3 sequences of 7 tokens, none of them padding)."""
     generator = torch.Generator().manual_seed(1)
     return torch.randint(3, VOCAB, (3, 7), generator=generator)
+
+
+# ---------------------------------------------------------------------- a tiny trained classifier
+WORDS = [f"w{i}" for i in range(40)]
+LANGS = ("en", "fr", "de")
+
+
+def _word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = specials + [f"{w}{'' if lang == 'en' else '_' + lang}" for lang in LANGS for w in [*WORDS, "good"]]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+
+
+def translate(text: str, lang: str) -> str:
+    """The synthetic 'translation' of a text: every word gets a language suffix."""
+    return text if lang == "en" else " ".join(f"{w}_{lang}" for w in text.split())
+
+
+def synthetic_texts(n: int, seed: int) -> list[tuple[str, int]]:
+    """Texts of 6 random words; label 1 iff the word 'good' appears."""
+    rng = __import__("random").Random(seed)
+    out = []
+    for _ in range(n):
+        words = rng.choices(WORDS, k=6)
+        label = rng.random() < 0.5
+        if label:
+            words[rng.randrange(6)] = "good"
+        out.append((" ".join(words), int(label)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_classifier_state():
+    """A tiny BERT classifier trained for a few steps on the synthetic task in three 'languages'."""
+    return train_tiny_classifier()
+
+
+def train_tiny_classifier():
+    """Train the tiny classifier of :func:`trained_classifier_state`; returns (state dict, config, tokenizer)."""
+    tokenizer = _word_tokenizer()
+    torch.manual_seed(0)
+    config = tf.BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        # A larger init than BERT's 0.02 keeps the [CLS] state of such a tiny model text-specific (at 0.02 it
+        # collapses to one vector per class, and no patch could single out one input).
+        initializer_range=0.5,
+    )
+    model = tf.BertForSequenceClassification(config)
+    with torch.no_grad():  # 'translations' start near their English words, as in a multilingual model
+        for head in (model.bert.pooler.dense, model.classifier):  # an unsaturated head, at BERT's usual init
+            head.weight.normal_(0.0, 0.02)
+            head.bias.zero_()
+        emb = model.bert.embeddings.word_embeddings.weight
+        vocab = tokenizer.get_vocab()
+        for word in [*WORDS, "good"]:
+            for lang in LANGS[1:]:
+                emb[vocab[f"{word}_{lang}"]] = emb[vocab[word]] + 0.3 * torch.randn_like(emb[vocab[word]])
+    data = [(translate(t, lang), y) for t, y in synthetic_texts(600, seed=1) for lang in LANGS]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(150):
+        idx = torch.randint(0, len(data), (32,), generator=generator).tolist()
+        batch = tokenizer([data[i][0] for i in idx], padding=True, return_tensors="pt")
+        loss = model(**batch, labels=torch.tensor([data[i][1] for i in idx])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return {k: v.clone() for k, v in model.state_dict().items()}, config, tokenizer
+
+
+@pytest.fixture
+def classifier(trained_classifier_state):
+    """Factory: ``classifier()`` gives a fresh copy of the trained tiny classifier and its tokenizer."""
+    state, config, tokenizer = trained_classifier_state
+
+    def fresh():
+        model = tf.BertForSequenceClassification(config)
+        model.load_state_dict(state)
+        return model.eval(), tokenizer
+
+    return fresh

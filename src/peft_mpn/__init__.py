@@ -6,10 +6,15 @@
 
 from __future__ import annotations
 
+from .collator import MultilingualEditCollator
 from .config import FFN_PRESETS, FFNPreset, MPNConfig
+from .data.records import EditRecord, read_records, write_records
+from .editor import EditResult, MPNEditor
 from .layer import MPNLayer, PatchBank
+from .losses import EditConfig
 from .model import MPNModel
 from .registry import MPN, MPNPeftType, is_registered, register
+from .trainer import MPNTrainer
 
 
 __version__ = "0.1.0"
@@ -19,6 +24,14 @@ register()
 __all__ = [
     "FFN_PRESETS",
     "MPN",
+    "EditConfig",
+    "EditRecord",
+    "EditResult",
+    "MPNEditor",
+    "MPNTrainer",
+    "MultilingualEditCollator",
+    "read_records",
+    "write_records",
     "FFNPreset",
     "MPNConfig",
     "MPNLayer",

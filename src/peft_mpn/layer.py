@@ -161,6 +161,15 @@ class PatchBank(nn.Module):
         new_size = torch.tensor([weight.shape[0]], dtype=torch.long, device=self.sizes.device)
         self.sizes = torch.cat([self.sizes, new_size])
 
+    def pop(self) -> None:
+        """Remove the newest patch; it must be trainable (frozen patches are consolidated)."""
+        if len(self.weights) == 0:
+            raise ValueError("the newest patch is frozen (or there is none); call unfreeze_patches() first.")
+        self.weights = nn.ParameterList(list(self.weights)[:-1])
+        if self.has_bias:
+            self.biases = nn.ParameterList(list(self.biases)[:-1])
+        self.sizes = self.sizes[:-1].clone()
+
     def freeze(self) -> None:
         """Consolidate every patch into the frozen buffers."""
         if len(self.weights) == 0:

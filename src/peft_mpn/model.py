@@ -398,6 +398,20 @@ class MPNModel(BaseTuner):
         self._sync_config(adapter)
         return chosen
 
+    def pop_patch(self, adapter_name: str | None = None) -> None:
+        """Remove the newest patch of every patched FFN block (e.g. to roll back a failed edit).
+
+        Raises:
+            ValueError: If the newest patch is frozen; call :meth:`unfreeze_patches` first.
+        """
+        adapter = self._adapter(adapter_name)
+        banks = list(self._banks(adapter))
+        if any(len(bank.weights) == 0 for bank in banks):
+            raise ValueError("pop_patch: the newest patch is frozen (or there is none); unfreeze_patches() first.")
+        for bank in banks:
+            bank.pop()
+        self._sync_config(adapter)
+
     def freeze_patches(self, adapter_name: str | None = None) -> None:
         """Freeze every patch of the adapter and consolidate them into one tensor per projection.
 

@@ -1,0 +1,153 @@
+"""`MultilingualEditCollator`: one edit record -> one training batch (edit examples + memory examples)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from .data.records import EditRecord
+
+
+Sampling = Literal["all", "random_k", "weighted"]
+
+
+class MultilingualEditCollator:
+    """Builds the batch of one patch-training step from one edit record.
+
+    A batch holds the English edit example repeated ``edit_repeat`` times (as in Transformer-Patcher), the parallel
+    examples of the sampled training languages, and the memory examples the patch must stay silent on. With
+    ``languages=["en"]`` it builds Transformer-Patcher's batches; with more languages, MPN's.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        languages: Training languages; English is always included.
+        memory: Unrelated texts for the memory loss.
+        sampling: ``"all"`` non-English training languages every step, ``"random_k"`` k of them at random, or
+            ``"weighted"`` k of them drawn by ``weights``.
+        k: Languages per step for ``"random_k"`` and ``"weighted"``.
+        weights: Language -> sampling weight for ``"weighted"``.
+        edit_repeat: Copies of the English example per batch.
+        memory_batch_size: Memory examples per step; ``None`` takes the whole memory.
+        max_length: Token limit per text.
+        seed: Seeds the per-step sampling (step ``s`` always draws the same languages and memory).
+
+    Example:
+        >>> collator = MultilingualEditCollator(tokenizer, ["en", "fr"], memory=["Water is wet."])  # doctest: +SKIP
+        >>> batch = collator.build(record, step=0)  # doctest: +SKIP
+        >>> batch["languages"]  # doctest: +SKIP
+        ['en', 'en', 'en', 'en', 'en', 'en', 'en', 'en', 'fr']
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        languages: Sequence[str] = ("en",),
+        memory: Sequence[str] | None = None,
+        *,
+        sampling: Sampling = "all",
+        k: int | None = None,
+        weights: dict[str, float] | None = None,
+        edit_repeat: int = 8,
+        memory_batch_size: int | None = None,
+        max_length: int = 128,
+        seed: int = 0,
+    ) -> None:
+        languages = list(dict.fromkeys(["en", *languages]))
+        if sampling not in ("all", "random_k", "weighted"):
+            raise ValueError(f"sampling must be 'all', 'random_k' or 'weighted', not {sampling!r}.")
+        others = [lang for lang in languages if lang != "en"]
+        if sampling != "all" and (k is None or not 1 <= k <= max(len(others), 1)):
+            raise ValueError(f"sampling={sampling!r} needs k between 1 and {len(others)} (the non-English languages).")
+        bad_weights = not weights or bool(set(weights) - set(others)) or any(w < 0 for w in weights.values())
+        if sampling == "weighted" and bad_weights:
+            raise ValueError(f"sampling='weighted' needs weights={{language: weight >= 0}} over {others}.")
+        if edit_repeat < 1:
+            raise ValueError(f"edit_repeat must be >= 1, got {edit_repeat}.")
+        self.tokenizer = tokenizer
+        self.languages = languages
+        self.memory = list(memory or [])
+        self.sampling = sampling
+        self.k = k
+        self.weights = weights or {}
+        self.edit_repeat = edit_repeat
+        self.memory_batch_size = memory_batch_size
+        self.max_length = max_length
+        self.seed = seed
+
+    # ------------------------------------------------------------------ selection (shared with the fast path)
+    def check(self, record: EditRecord) -> None:
+        """Raise if ``record`` lacks an input in a training language."""
+        missing = [lang for lang in self.languages if lang not in record.inputs]
+        if missing:
+            raise ValueError(
+                f"edit record {record.id!r}: field 'inputs' has no text in training languages {missing}; add the "
+                "translations or leave those languages out of `languages`."
+            )
+
+    def step_languages(self, step: int) -> list[str]:
+        """The languages of step ``step``: English ``edit_repeat`` times, then the sampled others."""
+        others = [lang for lang in self.languages if lang != "en"]
+        if self.sampling == "random_k":
+            others = sorted(random.Random(self.seed * 1_000_003 + step).sample(others, self.k), key=others.index)
+        elif self.sampling == "weighted":
+            rng = random.Random(self.seed * 1_000_003 + step)
+            pool, chosen = {lang: self.weights.get(lang, 0.0) for lang in others}, []
+            for _ in range(self.k):
+                total = sum(pool.values())
+                if total <= 0:
+                    break
+                pick = rng.choices(list(pool), weights=list(pool.values()))[0]
+                chosen.append(pick)
+                pool.pop(pick)
+            others = sorted(chosen, key=others.index)
+        return ["en"] * self.edit_repeat + others
+
+    def memory_indices(self, step: int, size: int | None = None) -> list[int]:
+        """Indices of the memory examples of step ``step`` (all of them when ``memory_batch_size`` is None)."""
+        size = len(self.memory) if size is None else size
+        if self.memory_batch_size is None or self.memory_batch_size >= size:
+            return list(range(size))
+        return sorted(random.Random(self.seed * 7_919 + step).sample(range(size), self.memory_batch_size))
+
+    # ------------------------------------------------------------------ tensors
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise texts into padded ``input_ids`` and ``attention_mask``."""
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def build(self, record: EditRecord | dict[str, Any], step: int = 0) -> dict[str, Any]:
+        """The batch of one step: edit rows first, then memory rows.
+
+        Returns:
+            ``input_ids``, ``attention_mask``, ``labels`` (``-100`` on memory rows), ``edit_mask`` (bool per row)
+            and ``languages`` (the language of each edit row).
+        """
+        if isinstance(record, dict):
+            record = EditRecord.from_dict(record)
+        self.check(record)
+        if record.label is None:
+            raise ValueError(f"edit record {record.id!r}: field 'label' is missing; classification edits need it.")
+        languages = self.step_languages(step)
+        memory = [self.memory[i] for i in self.memory_indices(step)]
+        batch = self.tokenize([record.inputs[lang] for lang in languages] + memory)
+        n_edit = len(languages)
+        labels = torch.full((n_edit + len(memory),), -100, dtype=torch.long)
+        labels[:n_edit] = record.label
+        edit_mask = torch.zeros(n_edit + len(memory), dtype=torch.bool)
+        edit_mask[:n_edit] = True
+        return {**batch, "labels": labels, "edit_mask": edit_mask, "languages": languages}
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Collate for ``transformers.Trainer``: features are ``[{"record": EditRecord | dict, "step": int}]``."""
+        if len(features) != 1:
+            raise ValueError(
+                f"MultilingualEditCollator builds one edit per batch, got {len(features)} features; set "
+                "per_device_train_batch_size=1 (one step = one edit batch)."
+            )
+        feature = features[0]
+        return self.build(feature["record"], int(feature.get("step", 0)))
