@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from peft import get_peft_model
 
 from conftest import make_tiny
-from peft_mpn import MPNConfig, __version__
+from peft_mpn import MPNConfig, __version__, read_records, write_records
 from peft_mpn.cli import main
 
 
@@ -45,3 +46,137 @@ def test_inspect(tmp_path, capsys):
     assert summary["patches"] == 2 and summary["frozen"] == 2 and summary["languages"] == ["en", "de"]
     assert main(["inspect", str(tmp_path / "nowhere")]) == 2
     assert "no adapter_config.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- pipeline commands
+def _saved_classifier(classifier, path):
+    model, tokenizer = classifier()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer
+
+
+def test_edit_and_evaluate_commands(classifier, tmp_path, capsys):
+    from conftest import synthetic_texts, translate
+
+    model, tokenizer = _saved_classifier(classifier, tmp_path / "base")
+    texts = [t for t, _ in synthetic_texts(6, seed=11)]
+    with torch.no_grad():
+        preds = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+    records = [
+        {"id": f"r{i}", "inputs": {lang: translate(t, lang) for lang in ("en", "fr", "de")}, "label": 1 - p}
+        for i, (t, p) in enumerate(zip(texts, preds))
+    ]
+    write_records(records, tmp_path / "edits.jsonl")
+    memory = tmp_path / "memory.jsonl"
+    memory.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in synthetic_texts(200, seed=5)))
+
+    code = main(
+        [
+            "edit",
+            "--model",
+            str(tmp_path / "base"),
+            "--edits",
+            str(tmp_path / "edits.jsonl"),
+            "--languages",
+            "en,fr,de",
+            "--memory",
+            str(memory),
+            "--output",
+            str(tmp_path / "run"),
+            "--limit",
+            "3",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["records"] == 3 and summary["success_rate"] == 1.0
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["summary"] == summary
+
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "base"),
+            "--adapter",
+            str(tmp_path / "run" / "adapter"),
+            "--edits",
+            str(tmp_path / "edits.jsonl"),
+            "--limit",
+            "3",
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy_before"]["en"] == 0.0  # every record was wrong before
+    assert report["accuracy_after"]["en"] == 1.0
+
+
+def test_commands_fail_cleanly(tmp_path, capsys):
+    assert main(["edit", "--edits", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "inputs": {"en": "a"}, "label": 1, "colour": 2}\n')
+    assert main(["edit", "--edits", str(bad), "--output", str(tmp_path / "o")]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err
+    (tmp_path / "r.json").write_text("{}")
+    assert main(["report", "--results", str(tmp_path / "r.json")]) == 2
+
+
+def test_build_benchmark_command(tmp_path, capsys):
+    code = main(
+        [
+            "build-benchmark",
+            "--output",
+            str(tmp_path),
+            "--languages",
+            "en,fr",
+            "--relations",
+            "capital",
+            "--max-countries",
+            "10",
+        ]
+    )
+    assert code == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["edit_records"] > 0
+    records = read_records(tmp_path / "edits.jsonl")
+    assert all(set(r.inputs) == {"en", "fr"} for r in records)
+    first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"text", "label", "lang"} and first["text"].startswith("query: ")
+
+
+def test_demo_smoke_on_a_tiny_benchmark(tmp_path, capsys):
+    """The whole experiment on the real e5 model, shrunk: 3 edits, 2 methods, a small benchmark."""
+    code = main(
+        [
+            "demo",
+            "--output",
+            str(tmp_path / "demo"),
+            "--relations",
+            "capital",
+            "--max-countries",
+            "30",
+            "--n-edits",
+            "3",
+            "--memory-size",
+            "60",
+            "--methods",
+            "tpatcher,mpn",
+            "--base-train-layers",
+            "0",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| T-Patcher |" in out and "| MPN |" in out
+    for name in ("report.md", "report.png", "results.json", "mpn-adapter/adapter_config.json"):
+        assert (tmp_path / "demo" / name).exists(), name
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(results["methods"]) == {"T-Patcher", "MPN"}
+    assert results["methods"]["MPN"]["SR"] == 1.0
+    assert main(["report", "--results", str(tmp_path / "demo" / "results.json")]) == 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -49,6 +50,25 @@ def locate_ffn(model: nn.Module, config: MPNConfig | None = None) -> tuple[str, 
         )
     block, parts = next(iter(blocks.items()))
     return block, {role: name for role, (name, _) in parts.items()}
+
+
+def _locate_wrapped_ffn(model: PeftModel) -> tuple[str, dict[str, str]]:
+    """`locate_ffn` for a PeftModel whose FFN projections another tuner (LoRA) wraps already, found by name."""
+    base = model.get_base_model()
+    config = MPNConfig()
+    config.apply_preset(getattr(getattr(base, "config", None), "model_type", None))
+    blocks: dict[str, dict[str, str]] = {}
+    for name, module in base.named_modules():
+        excluded = any(name == x or name.endswith("." + x) for x in config.exclude_modules or [])
+        role = config.role_of(name)
+        if isinstance(module, BaseTunerLayer) and role is not None and not excluded:
+            blocks.setdefault(config.block_of(name), {})[role] = name
+    if len(blocks) != 1 or not {"key", "value"} <= set(next(iter(blocks.values()))):
+        raise ValueError(
+            f"the {type(model).__name__} must wrap the key and value projections of one FFN block, but it wraps "
+            f"{blocks}; pass the plain transformers model instead and let LoRAStrategy wrap it."
+        )
+    return next(iter(blocks.items()))
 
 
 class Strategy:
@@ -202,7 +222,8 @@ class LoRAStrategy(Strategy):
     name = "lora"
 
     def __init__(self, model: nn.Module, lora_config: LoraConfig | None = None) -> None:
-        block, modules = locate_ffn(model)
+        wrapped = isinstance(model, PeftModel) and not _is_mpn(model)
+        block, modules = _locate_wrapped_ffn(model) if wrapped else locate_ffn(model)
         if not isinstance(model, PeftModel):
             config = lora_config or LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0)
             config.target_modules = sorted(modules.values())

@@ -1,31 +1,49 @@
-"""The ``peft-mpn`` command line."""
+"""The ``peft-mpn`` command line: build the benchmark, train a base classifier, edit, evaluate, report, demo."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
 
 EPILOG = """examples:
-  peft-mpn --version
-  peft-mpn inspect runs/demo/mpn-adapter      # what an adapter directory holds
+  peft-mpn demo --output runs/demo                      # the whole experiment, offline
+  peft-mpn build-benchmark --output data/ --languages en,fr,de,ru
+  peft-mpn train-base --train data/train.jsonl --output base/
+  peft-mpn edit --model base/ --edits data/edits.jsonl --languages en,fr,de --method mpn --output run/
+  peft-mpn evaluate --model base/ --adapter run/adapter --edits data/edits.jsonl
+  peft-mpn report --results run/results.json
+  peft-mpn inspect run/adapter
 """
 
 
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. en,fr,de")
+    return items
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"peft-mpn {command}: {message}", file=sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------------- commands
 def _inspect(args: argparse.Namespace) -> int:
     path = Path(args.adapter) / "adapter_config.json"
     if not path.is_file():
-        print(f"peft-mpn inspect: no adapter_config.json in {args.adapter}; pass an adapter dir.", file=sys.stderr)
-        return 2
+        return _fail("inspect", f"no adapter_config.json in {args.adapter}; pass an adapter dir.")
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("peft_type") != "MPN":
-        print(f"peft-mpn inspect: {path} is a {config.get('peft_type')} adapter, not MPN.", file=sys.stderr)
-        return 2
+        return _fail("inspect", f"{path} is a {config.get('peft_type')} adapter, not MPN.")
     sizes = config.get("patch_sizes", {})
     summary = {
         "base_model": config.get("base_model_name_or_path"),
@@ -41,6 +59,193 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_benchmark(args: argparse.Namespace) -> int:
+    from .data import build_benchmark, to_edit_records, write_jsonl
+
+    common = {
+        "languages": args.languages,
+        "relations": args.relations,
+        "seed": args.seed,
+        "max_countries": args.max_countries,
+        "prefix": args.prefix,
+    }
+    out = Path(args.output)
+    bench = build_benchmark(**common)
+    for split, rows in bench.items():
+        write_jsonl(
+            [{"text": r["text"], "label": r["label"], "lang": r["lang"]} for r in rows], out / f"{split}.jsonl"
+        )
+    records = to_edit_records(**common, splits=["test"])
+    write_jsonl(records, out / "edits.jsonl")
+    print(json.dumps({split: len(rows) for split, rows in bench.items()} | {"edit_records": len(records)}))
+    return 0
+
+
+def _read_examples(path: str) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg}).") from exc
+            if not isinstance(row, dict) or "text" not in row or "label" not in row:
+                raise ValueError(f'{path}:{number}: each line needs {{"text": ..., "label": ...}}.')
+            rows.append(row)
+    return rows
+
+
+def _train_base(args: argparse.Namespace) -> int:
+    from .classifier import load_classifier_any, train_base_classifier
+    from .models import load_tokenizer
+
+    train = _read_examples(args.train)
+    evals = {Path(p).stem: _read_examples(p) for p in args.eval or []}
+    tokenizer = load_tokenizer(args.model)
+    model = load_classifier_any(args.model, num_labels=args.num_labels)
+    info = train_base_classifier(
+        model,
+        tokenizer,
+        train,
+        eval_sets=evals,
+        train_layers=args.train_layers,
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=True,
+    )
+    model.save_pretrained(args.output)
+    tokenizer.save_pretrained(args.output)
+    summary = {
+        "train_accuracy": info["train_accuracy"],
+        "eval_accuracy": info["eval_accuracy"],
+        "seconds": round(info["seconds"], 1),
+        "output": args.output,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load_model(name: str | None):
+    from .classifier import load_classifier_any
+    from .models import load_tokenizer
+
+    return load_classifier_any(name).eval(), load_tokenizer(name)
+
+
+def _edit(args: argparse.Namespace) -> int:
+    import peft_mpn
+
+    from .losses import EditConfig
+
+    records = peft_mpn.read_records(args.edits)[: args.limit]
+    model, tokenizer = _load_model(args.model)
+    memory = [r["text"] for r in _read_examples(args.memory)] if args.memory else []
+    editor = peft_mpn.MPNEditor(
+        model,
+        tokenizer,
+        languages=args.languages,
+        memory=memory,
+        method=args.method,
+        config=EditConfig(max_steps=args.max_steps, seed=args.seed),
+    )
+    out = Path(args.output)
+    results = editor.edit_stream(records, checkpoint_dir=out / "checkpoint")
+    editor.strategy.save(out / "adapter")
+    edited = [r for r in results if not r.skipped]
+    summary = {
+        "method": args.method,
+        "records": len(results),
+        "edited": len(edited),
+        "success_rate": sum(r.success for r in edited) / len(edited) if edited else None,
+        "seconds_per_edit": sum(r.seconds for r in edited) / len(edited) if edited else None,
+    }
+    from .utils.io import atomic_write_json
+
+    atomic_write_json(out / "results.json", {"summary": summary, "results": [r.to_dict() for r in results]})
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from peft import PeftModel
+
+    import peft_mpn
+
+    from . import metrics
+    from .classifier import predict
+
+    records = peft_mpn.read_records(args.edits)[: args.limit]
+    model, tokenizer = _load_model(args.model)
+    languages = args.languages or sorted({lang for r in records for lang in r.inputs})
+    texts = {lang: [r.inputs.get(lang, "") for r in records] for lang in languages}
+    before = {lang: _maybe_predict(lambda t: predict(model, tokenizer, t), t) for lang, t in texts.items()}
+    edited = PeftModel.from_pretrained(model, args.adapter).eval()
+    after = {lang: _maybe_predict(lambda t: predict(edited, tokenizer, t), t) for lang, t in texts.items()}
+    labels = [r.label for r in records]
+    report = {
+        "accuracy_before": {lang: metrics.accuracy(before[lang], labels) for lang in languages},
+        "accuracy_after": {lang: metrics.accuracy(after[lang], labels) for lang in languages},
+        "generalization": metrics.generalization(before, after, labels),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _maybe_predict(predict, texts: list[str]) -> list[int | None]:
+    present = [t for t in texts if t]
+    predictions = iter(predict(present)) if present else iter(())
+    return [next(predictions) if t else None for t in texts]
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import markdown_table, write_report
+
+    results = json.loads(Path(args.results).read_text(encoding="utf-8"))
+    if "methods" not in results:
+        return _fail("report", f"{args.results} has no 'methods'; pass the results.json of `peft-mpn demo`.")
+    paths = write_report(results, args.output or Path(args.results).parent)
+    print(markdown_table(results))
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .experiment import ExperimentConfig, run_experiment
+    from .losses import EditConfig
+    from .report import markdown_table
+
+    config = ExperimentConfig(
+        model=args.model,
+        relations=args.relations,
+        train_languages=args.train_languages,
+        heldout_languages=args.heldout_languages,
+        methods=args.methods,
+        n_edits=args.n_edits,
+        memory_size=args.memory_size,
+        max_countries=args.max_countries,
+        base_train_layers=args.base_train_layers,
+        seed=args.seed,
+        edit=EditConfig(seed=args.seed),
+    )
+    results = run_experiment(config, args.output, cache_dir=args.cache_dir, progress=not args.quiet)
+    print(markdown_table(results))
+    print(f"\nwrote {args.output}/report.md, report.png, results.json and mpn-adapter/")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def _sub(commands: Any, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``peft-mpn``."""
     parser = argparse.ArgumentParser(
@@ -51,26 +256,117 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"peft-mpn {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    inspect = commands.add_parser(
-        "inspect",
-        help="summarise an MPN adapter directory",
-        description="Print what an MPN adapter directory holds: base model, patches, frozen patches, languages.",
-        epilog="example:\n  peft-mpn inspect runs/demo/mpn-adapter",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    model_help = "base model: a hub id or local path (default: the offline multilingual-e5-small)"
+
+    p = _sub(commands, "inspect", "summarise an MPN adapter directory", "peft-mpn inspect run/adapter")
+    p.add_argument("adapter", help="directory with adapter_config.json")
+    p.set_defaults(func=_inspect)
+
+    p = _sub(
+        commands,
+        "build-benchmark",
+        "build the offline multilingual fact-verification benchmark",
+        "peft-mpn build-benchmark --output data/ --languages en,fr,de,es,ru,ar,zh",
     )
-    inspect.add_argument("adapter", help="directory with adapter_config.json")
-    inspect.set_defaults(func=_inspect)
+    p.add_argument("--output", required=True, help="directory for train/validation/test.jsonl and edits.jsonl")
+    p.add_argument("--languages", type=_csv, default=["en", "fr", "de", "es", "ru", "ar", "zh"])
+    p.add_argument("--relations", type=_csv, default=["capital", "continent", "currency", "language"])
+    p.add_argument("--max-countries", type=int, default=None)
+    p.add_argument("--prefix", default="query: ", help="prepended to every claim (e5 convention)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_build_benchmark)
+
+    p = _sub(
+        commands,
+        "train-base",
+        'train a classifier head on JSONL of {"text", "label"}',
+        "peft-mpn train-base --train data/train.jsonl --eval data/test.jsonl --output base/",
+    )
+    p.add_argument("--train", required=True, help='JSONL, one {"text": ..., "label": ...} per line')
+    p.add_argument("--eval", action="append", help="JSONL to report accuracy on (repeatable)")
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--output", required=True)
+    p.add_argument("--num-labels", type=int, default=2)
+    p.add_argument("--train-layers", type=int, default=1, help="top transformer layers trained with the head")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_base)
+
+    p = _sub(
+        commands,
+        "edit",
+        "edit a classifier with a stream of edit records",
+        "peft-mpn edit --model base/ --edits edits.jsonl --languages en,fr,de --method mpn --output run/",
+    )
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--edits", required=True, help="edit records (JSONL)")
+    p.add_argument("--languages", type=_csv, default=["en"], help="training languages (en = T-Patcher)")
+    p.add_argument("--method", choices=["mpn", "tpatcher", "ft", "lora"], default="mpn")
+    p.add_argument("--memory", help='JSONL of {"text", "label"} the patches must stay silent on')
+    p.add_argument("--output", required=True, help="gets adapter/, results.json and a resumable checkpoint/")
+    p.add_argument("--limit", type=int, default=None, help="edit only the first N records")
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_edit)
+
+    p = _sub(
+        commands,
+        "evaluate",
+        "accuracy per language before and after an adapter",
+        "peft-mpn evaluate --model base/ --adapter run/adapter --edits edits.jsonl",
+    )
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--edits", required=True)
+    p.add_argument("--languages", type=_csv, default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=_evaluate)
+
+    p = _sub(
+        commands,
+        "report",
+        "write report.md and report.png from a results.json",
+        "peft-mpn report --results runs/demo/results.json",
+    )
+    p.add_argument("--results", required=True)
+    p.add_argument("--output", default=None, help="directory (default: next to results.json)")
+    p.set_defaults(func=_report)
+
+    p = _sub(
+        commands,
+        "demo",
+        "the side-by-side experiment: T-Patcher, MPN, FT-L and LoRA on real facts",
+        "peft-mpn demo --output runs/demo",
+    )
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--relations", type=_csv, default=["capital", "continent"])
+    p.add_argument("--train-languages", type=_csv, default=["en", "fr", "de", "es"])
+    p.add_argument("--heldout-languages", type=_csv, default=["ru", "ar", "zh"])
+    p.add_argument("--methods", type=_csv, default=["tpatcher", "mpn", "ft", "lora"])
+    p.add_argument("--n-edits", type=int, default=100)
+    p.add_argument("--memory-size", type=int, default=1000)
+    p.add_argument("--max-countries", type=int, default=None)
+    p.add_argument("--base-train-layers", type=int, default=1)
+    p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+        return _fail(args.command, str(exc))
 
 
 if __name__ == "__main__":

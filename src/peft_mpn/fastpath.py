@@ -109,10 +109,8 @@ class FFNSuffix:
         self.model = model
         self.layer = base.get_submodule(block)
         index = layer_index(block + ".")
-        last = max(
-            (layer_index(n + ".") or -1 for n, _ in base.named_modules() if n.count(".") == block.count(".")),
-            default=-1,
-        )
+        indices = (layer_index(n + ".") for n, _ in base.named_modules() if n.count(".") == block.count("."))
+        last = max((i for i in indices if i is not None), default=-1)  # not `or -1`: layer 0 may be the last
         if index is None or index != last:
             raise FastPathUnsupported(
                 f"the fast path needs the patch in the last layer, but {block!r} is not; pass fast=False."
