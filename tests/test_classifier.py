@@ -420,3 +420,19 @@ def test_e5_mean_pooling_head_and_cross_lingual_report(e5_root, monkeypatch, cap
     with capsys.disabled():
         print("\ne5 capitals, head only (train_layers=0), trained on English, 40 sentences per language:")
         print("\n".join("  " + line for line in report))
+
+
+def test_cls_pooling_reads_the_first_token():
+    from transformers import BertConfig
+
+    from peft_mpn.classifier import MeanPoolingClassifier
+
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=2
+    )
+    config.pooling = "cls"
+    model = MeanPoolingClassifier(config).eval()
+    ids, mask = torch.tensor([[2, 7, 9, 3]]), torch.ones(1, 4, dtype=torch.long)
+    hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, model.classifier(hidden[:, 0]))
+    assert model.pooling == "cls"

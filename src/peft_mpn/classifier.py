@@ -120,8 +120,16 @@ class MeanPoolingClassifier(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @property
+    def pooling(self) -> str:
+        """``"mean"`` (default) or ``"cls"``, from ``config.pooling``."""
+        return getattr(self.config, "pooling", "mean")
+
     def pool(self, sequence_output: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The pooled representation: the attention-mask-aware mean of ``sequence_output`` (see :func:`mean_pool`)."""
+        """The pooled representation: the attention-mask-aware mean of ``sequence_output`` (see :func:`mean_pool`),
+        or the first token's state when ``config.pooling == "cls"``."""
+        if self.pooling == "cls":
+            return sequence_output[:, 0]
         return mean_pool(sequence_output, attention_mask)
 
     def classify_hidden(self, sequence_output: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

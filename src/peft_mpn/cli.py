@@ -226,6 +226,7 @@ def _demo(args: argparse.Namespace) -> int:
         memory_size=args.memory_size,
         max_countries=args.max_countries,
         base_train_layers=args.base_train_layers,
+        pooling=args.pooling,
         seed=args.seed,
         edit=EditConfig(seed=args.seed),
     )
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-size", type=int, default=1000)
     p.add_argument("--max-countries", type=int, default=None)
     p.add_argument("--base-train-layers", type=int, default=1)
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="how the base classifier pools")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

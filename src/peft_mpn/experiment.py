@@ -51,6 +51,9 @@ class ExperimentConfig:
         max_countries: Limit the benchmark (for smoke runs).
         base_train_layers: Transformer layers trained with the base head (0: head only).
         base_epochs: Epochs of base training.
+        pooling: How the base classifier pools the last layer: ``"cls"`` or ``"mean"``. With mean pooling a
+            [CLS] patch must be large to move the mean, and it then leaks onto unrelated claims (measured:
+            locality retain 0.26 against 0.65 with "cls" pooling).
         seed: Seeds the benchmark, the base training and the edits.
         edit: The edit knobs.
     """
@@ -65,6 +68,7 @@ class ExperimentConfig:
     max_countries: int | None = None
     base_train_layers: int = 1
     base_epochs: int = 30
+    pooling: str = "cls"
     seed: int = 0
     edit: EditConfig = field(default_factory=EditConfig)
 
@@ -89,7 +93,8 @@ class ExperimentConfig:
 
     def base_key(self) -> str:
         """Cache key of the base classifier: everything that shapes it."""
-        data = {k: getattr(self, k) for k in ("model", "relations", "max_countries", "base_train_layers", "seed")}
+        keys = ("model", "relations", "max_countries", "base_train_layers", "seed", "pooling")
+        data = {k: getattr(self, k) for k in keys}
         data["epochs"] = self.base_epochs
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -121,6 +126,8 @@ def load_or_train_base(
         return model.eval(), tokenizer, json.loads(info_path.read_text())
     log("base classifier: training the head on English training claims (cached afterwards)")
     model = load_classifier_any(config.model, num_labels=2)
+    if hasattr(model.config, "pooling") or type(model).__name__ == "MeanPoolingClassifier":
+        model.config.pooling = config.pooling
     train = _texts([r for r in bench["train"] if r["lang"] == "en"])
     evals = {lang: _texts([r for r in bench["test"] if r["lang"] == lang]) for lang in config.languages}
     info = train_base_classifier(
@@ -267,12 +274,14 @@ def run_experiment(
     if not records:
         raise ValueError("the base classifier gets every English test claim right: nothing to edit.")
 
-    train_rows = [r for r in bench["train"]]
-    step = max(1, len(train_rows) // max(config.memory_size, 1))
-    memory_pool = train_rows[::step]
+    # Memory: training claims, never evaluation items. (Validation claims, which the base never saw, gave worse
+    # locality in a 40-edit run: retain 0.57 against 0.65 for T-Patcher.)
+    pool = list(bench["train"])
+    step = max(1, len(pool) // max(config.memory_size, 1))
+    pool = pool[::step]
     memory = {
-        "en": [r["text"] for r in memory_pool if r["lang"] == "en"][: config.memory_size],
-        "multi": [r["text"] for r in memory_pool if r["lang"] in config.train_languages][: config.memory_size],
+        "en": [r["text"] for r in pool if r["lang"] == "en"][: config.memory_size],
+        "multi": [r["text"] for r in pool if r["lang"] in config.train_languages][: config.memory_size],
     }
     texts = _eval_texts(records, config.languages)
     locality_rows = {t: int(r["label"]) for r in bench["test"] for t in [r["text"]]}

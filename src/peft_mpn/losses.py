@@ -44,8 +44,8 @@ class EditConfig:
             by a scale that starts at 10; a larger learning rate for the value plays that part.
         stop_rule: Both rules wait until the edit is right in every training language. ``"memory_plateau"``
             (T-Patcher) then stops once the memory loss has not improved by 0.1% for ``patience`` steps;
-            ``"activation_gap"`` stops as soon as the edit pre-activations are above 0 and the memory's below 0, or
-            at that plateau, whichever comes first.
+            ``"activation_gap"`` stops as soon as the edit pre-activations are above 0 and the memory's below
+            ``memory_threshold`` (where the activation is ~0), or at that plateau, whichever comes first.
         patience: Steps without memory-loss improvement for ``"memory_plateau"``.
         position: Where the patch is read for a classifier: ``"cls"`` (first token, T-Patcher) or ``"all"`` (every
             non-padding token, for mean-pooled classifiers).

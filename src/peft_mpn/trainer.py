@@ -43,8 +43,8 @@ class PatchEarlyStopping(TrainerCallback):
 
     ``"memory_plateau"`` (Transformer-Patcher): every edit example is right and the memory loss has not improved (by
     0.1%) for ``patience`` steps. ``"activation_gap"``: every edit example is right and either the patch already
-    separates them from the memory (pre-activation > 0 on every edit example, < 0 on every memory example), or the
-    memory loss has reached its plateau as above.
+    separates them from the memory (pre-activation > 0 on every edit example, below ``memory_threshold`` on every
+    memory example, where GELU-like activations are ~0), or the memory loss has reached its plateau as above.
     """
 
     def __init__(self, config: EditConfig) -> None:
@@ -82,7 +82,7 @@ class PatchEarlyStopping(TrainerCallback):
         if self.config.stop_rule == "memory_plateau":
             return plateau
         edit_on = math.isnan(stats.activation_edit) or stats.activation_edit > 0
-        memory_off = math.isnan(stats.activation_memory) or stats.activation_memory < 0
+        memory_off = math.isnan(stats.activation_memory) or stats.activation_memory < self.config.memory_threshold
         return (edit_on and memory_off) or plateau
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
