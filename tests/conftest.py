@@ -19,6 +19,14 @@ import peft_mpn  # noqa: E402,F401  (registers the MPN PEFT type)
 
 
 VOCAB = 100
+_GATED = dict(  # tiny LLaMA-style decoders with a gated MLP
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+)
 _TINY: dict[str, Callable[[], torch.nn.Module]] = {
     "bert": lambda: tf.BertForSequenceClassification(
         tf.BertConfig(
@@ -36,36 +44,9 @@ _TINY: dict[str, Callable[[], torch.nn.Module]] = {
     "gpt2": lambda: tf.GPT2LMHeadModel(
         tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64)
     ),
-    "llama": lambda: tf.LlamaForCausalLM(
-        tf.LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    ),
-    "qwen2": lambda: tf.Qwen2ForCausalLM(
-        tf.Qwen2Config(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    ),
-    "mistral": lambda: tf.MistralForCausalLM(
-        tf.MistralConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-    ),
+    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**_GATED)),
+    "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**_GATED)),
+    "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**_GATED)),
 }
 ARCHS = ["bert", "xlm-roberta", "distilbert", "gpt2", "llama", "qwen2"]
 

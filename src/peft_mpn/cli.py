@@ -82,18 +82,15 @@ def _build_benchmark(args: argparse.Namespace) -> int:
 
 
 def _read_examples(path: str) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg}).") from exc
-            if not isinstance(row, dict) or "text" not in row or "label" not in row:
-                raise ValueError(f'{path}:{number}: each line needs {{"text": ..., "label": ...}}.')
-            rows.append(row)
+    from .data import read_jsonl
+
+    try:
+        rows = read_jsonl(path)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: a line is not valid JSON ({exc.msg}).") from exc
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or "text" not in row or "label" not in row:
+            raise ValueError(f'{path}: row {number} needs {{"text": ..., "label": ...}}.')
     return rows
 
 

@@ -18,16 +18,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .utils.io import atomic_write_text
+from .utils.io import atomic_write, atomic_write_text
 
 
 __all__ = ["HELDOUT_MARK", "markdown_table", "write_report"]
@@ -277,8 +275,8 @@ def _figure(results: Mapping[str, Any]) -> Any:
     figure = Figure(figsize=(min(16.0, max(7.0, 1.1 * len(languages) + 3.0)), 7.5), dpi=110, layout="constrained")
     axes = figure.subplots(2, 1, sharex=True)
     panels = [
-        ("all", "GR (all): translations right after the edit"),
-        ("fixed", "GR (fixed): among translations wrong before the edit"),
+        ("all", "GR (all): translations right after editing"),
+        ("fixed", "GR (fixed): among translations wrong before editing"),
     ]
     for ax, (key, title) in zip(axes, panels):
         if heldout:
@@ -323,19 +321,7 @@ def _figure(results: Mapping[str, Any]) -> Any:
 
 
 def _atomic_write_png(path: Path, figure: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
 
 
 # ---------------------------------------------------------------------------------------------------- entry point
