@@ -200,10 +200,10 @@ def stats(correct=True, edit=0.5, memory=-0.5, memory_loss=1.0):
 def test_activation_gap_stops_once_the_edit_is_right_and_separated():
     stopper = PatchEarlyStopping(EditConfig(stop_rule="activation_gap", patience=100))
     assert not stopper.done  # nothing observed yet
-    assert stopper.observe(stats(correct=True, edit=0.5, memory=-0.5))
-    assert not stopper.observe(stats(correct=False, edit=0.5, memory=-0.5))  # the edit must be right
-    assert not stopper.observe(stats(correct=True, edit=-0.1, memory=-0.5))  # edit not active
-    assert not stopper.observe(stats(correct=True, edit=0.5, memory=0.2))  # memory not silent
+    assert stopper.observe(stats(correct=True, edit=0.5, memory=-3.5))
+    assert not stopper.observe(stats(correct=False, edit=0.5, memory=-3.5))  # the edit must be right
+    assert not stopper.observe(stats(correct=True, edit=-0.1, memory=-3.5))  # edit not active
+    assert not stopper.observe(stats(correct=True, edit=0.5, memory=-0.5))  # memory above the threshold (-3)
     assert stopper.observe(stats(correct=True, edit=0.5, memory=float("nan")))  # no memory
     assert stopper.observe(stats(correct=True, edit=float("nan"), memory=float("nan")))  # no patch (baselines)
 
@@ -245,7 +245,7 @@ def test_on_step_end_stops_training_when_done():
     control = TrainerControl()
     stopper.observe(stats(correct=False))
     assert not stopper.on_step_end(None, None, control).should_training_stop
-    stopper.observe(stats(correct=True))
+    stopper.observe(stats(correct=True, edit=1.0, memory=-4.0))
     assert stopper.on_step_end(None, None, control).should_training_stop
 
 
