@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def _locate_wrapped_ffn(model: PeftModel) -> tuple[str, dict[str, str]]:
     return next(iter(blocks.items()))
 
 
-class Strategy:
+class Strategy(ABC):
     """Base class: what one editing method changes."""
 
     name = "base"
@@ -86,13 +87,15 @@ class Strategy:
         """The module whose input is the FFN input (for caching)."""
         return _base(self.model).get_submodule(self.modules["key"])
 
+    @abstractmethod
     def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
         """Prepare one edit; returns the parameters to train."""
-        raise NotImplementedError
 
+    @abstractmethod
     def end(self) -> None:
         """Finish one edit."""
 
+    @abstractmethod
     def abort(self) -> None:
         """Undo :meth:`begin` for a probe that must leave the model unchanged."""
 
@@ -104,13 +107,13 @@ class Strategy:
         """The trained parameters that are patch values (trained at a larger learning rate)."""
         return []
 
+    @abstractmethod
     def save(self, directory: str | os.PathLike) -> None:
         """Save the edited state."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, directory: str | os.PathLike) -> None:
         """Restore the edited state saved by :meth:`save`."""
-        raise NotImplementedError
 
 
 class PatchStrategy(Strategy):
@@ -237,6 +240,12 @@ class LoRAStrategy(Strategy):
 
     def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if "lora_" in n and p.requires_grad]
+
+    def end(self) -> None:
+        """Nothing to finish: the same LoRA adapter keeps training on the next edit."""
+
+    def abort(self) -> None:
+        """Nothing to undo: :meth:`begin` changes nothing."""
 
     def save(self, directory: str | os.PathLike) -> None:
         self.model.save_pretrained(str(directory))

@@ -91,6 +91,11 @@ class ExperimentConfig:
         """Training then held-out languages."""
         return [*self.train_languages, *self.heldout_languages]
 
+    def run_key(self) -> str:
+        """Key of everything that shapes the edits, so a changed setting never resumes another run's checkpoint."""
+        data = {**asdict(self), "edit": self.edit.to_dict(), "base": self.base_key()}
+        return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
     def base_key(self) -> str:
         """Cache key of the base classifier: everything that shapes it."""
         keys = ("model", "relations", "max_countries", "base_train_layers", "seed", "pooling")
@@ -181,6 +186,34 @@ def _evaluate(predict: Callable[[list[str]], list[int]], texts: dict[str, list[s
     flat = [t for group in texts.values() for t in group if t]
     predictions = iter(predict(flat)) if flat else iter(())
     return {role: [next(predictions) if t else None for t in group] for role, group in texts.items()}
+
+
+class EvalCache:
+    """FFN inputs of the evaluation texts at the edited layer, computed once for every method.
+
+    All methods change only the last layer's FFN, so below it every edited model equals the base: one forward pass
+    per text, then each method's predictions are its last FFN block and head on the cache (its ``FFNSuffix``).
+    """
+
+    def __init__(self, suffix: Any, tokenizer: Any, texts: list[str], chunk: int = 128) -> None:
+        self.texts = texts
+        self.chunks = []
+        for start in range(0, len(texts), chunk):
+            batch = tokenizer(
+                texts[start : start + chunk], padding=True, truncation=True, max_length=128, return_tensors="pt"
+            )
+            self.chunks.append(suffix.encode(batch["input_ids"], batch["attention_mask"]))
+
+    @torch.no_grad()
+    def predict(self, suffix: Any) -> Callable[[list[str]], list[int]]:
+        """A predict function over :attr:`texts` (in that order) for the model behind ``suffix``."""
+
+        def run(texts: list[str]) -> list[int]:
+            if texts != self.texts:
+                raise ValueError("EvalCache.predict answers only for the texts it cached.")
+            return [p for chunk in self.chunks for p in suffix.logits(chunk).argmax(-1).tolist()]
+
+        return run
 
 
 def _method_metrics(
@@ -286,7 +319,19 @@ def run_experiment(
     texts = _eval_texts(records, config.languages)
     locality_rows = {t: int(r["label"]) for r in bench["test"] for t in [r["text"]]}
     locality_labels = [locality_rows.get(t, 0) for t in texts["locality"]]
-    before = _evaluate(lambda batch: _predict(base, tokenizer, batch), texts)
+    flat = [t for group in texts.values() for t in group if t]
+    cache = None
+    try:
+        from .baselines import locate_ffn
+        from .fastpath import FFNSuffix
+
+        block, modules = locate_ffn(base)
+        base_suffix = FFNSuffix(base, block, base.get_submodule(modules["key"]))
+        log(f"caching the FFN inputs of {len(flat)} evaluation texts")
+        cache = EvalCache(base_suffix, tokenizer, flat)
+        before = _evaluate(cache.predict(base_suffix), texts)
+    except ValueError:  # no fast path for this model: full forward passes
+        before = _evaluate(lambda batch: _predict(base, tokenizer, batch), texts)
 
     methods: dict[str, Any] = {}
     for method in config.methods:
@@ -302,8 +347,9 @@ def run_experiment(
             config=copy.deepcopy(config.edit),
             progress=progress,
         )
-        results = editor.edit_stream(records, checkpoint_dir=out / "checkpoints" / method)
-        after = _evaluate(editor.predict, texts)
+        results = editor.edit_stream(records, checkpoint_dir=out / "checkpoints" / f"{method}-{config.run_key()}")
+        base.eval()
+        after = _evaluate(cache.predict(editor.suffix) if cache and editor.fast else editor.predict, texts)
         methods[_label(method)] = _method_metrics(config, records, results, before, after, locality_labels)
         if method == "mpn":
             adapter_config = editor.model.peft_config[editor.strategy.adapter_name]
