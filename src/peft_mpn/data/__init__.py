@@ -6,6 +6,7 @@ in the ``demo`` extra), so it needs no download. ``datasets`` is imported only b
 
 from __future__ import annotations
 
+from ..utils.io import read_jsonl, write_jsonl
 from .benchmark import (
     COLUMNS,
     DEFAULT_PREFIX,
@@ -15,10 +16,8 @@ from .benchmark import (
     build_benchmark,
     build_claims,
     load_templates,
-    read_jsonl,
     to_edit_records,
     validate_record,
-    write_jsonl,
 )
 from .countries import (
     RELATION_LANGUAGES,

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -678,42 +677,3 @@ def validate_record(record: Mapping[str, Any], languages: Sequence[str] | None =
     for neighbour in record.get("neighbours", []):
         if not isinstance(neighbour.get("inputs"), dict) or neighbour.get("label") not in (0, 1):
             fail("every neighbour needs 'inputs' (dict) and 'label' (0 or 1)")
-
-
-def write_jsonl(records: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write records as JSON lines, atomically (temporary file in the same folder, then ``os.replace``).
-
-    Args:
-        records: JSON-serialisable mappings.
-        path: Destination; parent folders are created.
-
-    Returns:
-        The destination path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSON-lines file (blank lines skipped).
-
-    Args:
-        path: The file.
-
-    Returns:
-        One dict per line.
-    """
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]

@@ -22,11 +22,12 @@ returned as ``REFUTES`` = 0, ``SUPPORTS`` = 1 (the convention of :mod:`peft_mpn.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..utils.io import read_jsonl
 
 
 if TYPE_CHECKING:
@@ -58,11 +59,6 @@ def _local_file(root: Path, lang: str, split: str) -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"no {root / lang / (split + '.jsonl')} (nor an alias of split {split!r})")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def _languages(languages: str | Sequence[str]) -> list[str]:
@@ -113,7 +109,7 @@ def load_xnli(
     local = _is_local(path_or_name)
     for lang in _languages(languages):
         if local:
-            rows = _read_jsonl(_local_file(Path(path_or_name).expanduser(), lang, split))
+            rows = read_jsonl(_local_file(Path(path_or_name).expanduser(), lang, split))
             try:
                 labels = [_xnli_label(row["label"]) for row in rows]
             except (KeyError, ValueError) as exc:
@@ -196,7 +192,7 @@ def load_xfever(
     local = _is_local(path_or_name)
     for lang in _languages(languages):
         if local:
-            rows = _read_jsonl(_local_file(Path(path_or_name).expanduser(), lang, split))
+            rows = read_jsonl(_local_file(Path(path_or_name).expanduser(), lang, split))
             names = None
         else:
             ds = datasets.load_dataset(str(path_or_name), lang, split=split, **load_kwargs)

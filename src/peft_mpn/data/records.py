@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils.io import atomic_write_text
+from ..utils.io import write_jsonl
 
 
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
@@ -178,8 +178,4 @@ def read_records(
 
 def write_records(records: Iterable[EditRecord | dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write edit records as JSONL, atomically."""
-    lines = [
-        json.dumps(r.to_dict() if isinstance(r, EditRecord) else r, ensure_ascii=False, sort_keys=False)
-        for r in records
-    ]
-    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return write_jsonl([r.to_dict() if isinstance(r, EditRecord) else r for r in records], path)
