@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .baselines import Strategy, make_strategy
 from .collator import MultilingualEditCollator, Sampling
 from .data.records import EditRecord
-from .fastpath import CachedInputs, FastPathUnsupported, FFNSuffix
+from .fastpath import CachedInputs, FastPathUnsupported, FFNSuffix, capture_inputs
 from .losses import EditConfig, LossParts, patch_loss
 from .trainer import (
     MPNTrainer,
@@ -349,15 +349,8 @@ class MPNEditor:
 
     def _begin_full(self, record: EditRecord) -> None:
         batch = self._tokenize([record.inputs["en"]])
-        captured: list[torch.Tensor] = []
-        handle = self.strategy.key_module.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
-        try:
-            with torch.no_grad():
-                self.model(**batch)
-        finally:
-            handle.remove()
-        init = self._init_vector(CachedInputs(captured[0], batch["attention_mask"]))
-        self.strategy.begin(record.id, init, self.config)
+        cached = capture_inputs(self.model, self.strategy.key_module, batch["input_ids"], batch["attention_mask"])
+        self.strategy.begin(record.id, self._init_vector(cached), self.config)
 
     def _train_full(self, record: EditRecord) -> tuple[int, StepStats | None]:
         self._begin_full(record)

@@ -57,6 +57,34 @@ class CachedInputs:
         return self.hidden[self.mask.bool()]
 
 
+@torch.no_grad()
+def capture_inputs(
+    model: nn.Module, module: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 64
+) -> CachedInputs:
+    """The inputs of ``module`` for a tokenised batch: forward passes in chunks, each stopped once it reaches it.
+
+    Below an edited FFN nothing changes during an edit, so these inputs are computed once and reused.
+    """
+    captured: list[torch.Tensor] = []
+
+    def grab(_module: nn.Module, args: tuple) -> None:
+        captured.append(args[0].detach())
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(grab)
+    try:
+        for start in range(0, input_ids.shape[0], batch_size):
+            with contextlib.suppress(_Stop):
+                model(
+                    input_ids=input_ids[start : start + batch_size],
+                    attention_mask=attention_mask[start : start + batch_size],
+                )
+    finally:
+        handle.remove()
+    hidden = torch.cat(captured) if captured else torch.zeros(0, input_ids.shape[1], 0)
+    return CachedInputs(hidden, attention_mask.clone())
+
+
 def ffn_function(layer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``h -> layer output`` for the FFN part of a transformer layer, including its residual and norm."""
     if hasattr(layer, "feed_forward_chunk"):  # BERT, XLM-R, RoBERTa, CamemBERT, ELECTRA
@@ -119,27 +147,9 @@ class FFNSuffix:
         self.head = head_function(base)
         self.key_module = key_module
 
-    @torch.no_grad()
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 64) -> CachedInputs:
         """Compute the FFN inputs of a tokenised batch (one forward pass per chunk, stopped at the FFN)."""
-        captured: list[torch.Tensor] = []
-
-        def grab(module: nn.Module, args: tuple) -> None:
-            captured.append(args[0].detach())
-            raise _Stop
-
-        handle = self.key_module.register_forward_pre_hook(grab)
-        try:
-            for start in range(0, input_ids.shape[0], batch_size):
-                with contextlib.suppress(_Stop):
-                    self.model(
-                        input_ids=input_ids[start : start + batch_size],
-                        attention_mask=attention_mask[start : start + batch_size],
-                    )
-        finally:
-            handle.remove()
-        hidden = torch.cat(captured) if captured else torch.zeros(0, input_ids.shape[1], 0)
-        return CachedInputs(hidden, attention_mask.clone())
+        return capture_inputs(self.model, self.key_module, input_ids, attention_mask, batch_size)
 
     def logits(self, inputs: CachedInputs) -> torch.Tensor:
         """Logits of the cached batch through the patched FFN block and the head."""

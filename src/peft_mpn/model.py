@@ -12,7 +12,15 @@ from peft.tuners.tuners_utils import BaseTuner, _ExcludedModule
 from torch import nn
 
 from .config import FFN_PRESETS, MPNConfig
-from .layer import ROLES, MPNLayer, PatchBank, append_input_units, append_output_units, is_supported_layer
+from .layer import (
+    ROLES,
+    MPNLayer,
+    PatchBank,
+    append_input_units,
+    append_output_units,
+    is_supported_layer,
+    layer_features,
+)
 from .registry import PREFIX
 
 
@@ -51,8 +59,6 @@ def _linear_names(model: nn.Module, limit: int = 12) -> list[str]:
 def _features(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, MPNLayer):
         return module.in_features, module.out_features
-    from .layer import layer_features
-
     return layer_features(module)
 
 
