@@ -27,7 +27,7 @@ def patched(model, config=None, seed=0):
     generator = torch.Generator().manual_seed(seed)
     key = torch.randn(parts["key"].in_features, generator=generator)
     value = torch.randn(parts["value"].out_features, generator=generator)
-    model.add_patch(key=key, bias=0.5, value=value)
+    model.add_patch(key=key, bias=4.0, value=value)  # fires on most tokens, [CLS] included
     return model, block, parts["key"]
 
 

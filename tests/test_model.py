@@ -25,6 +25,8 @@ def randomise_patches(model: PeftModel, seed: int = 3) -> None:
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             if "mpn_patches" in name and tensor.is_floating_point():
                 tensor.copy_(torch.randn(tensor.shape, generator=generator))
+                if "bias" in name:  # fire: a patch below 0 adds (nearly) nothing with the default sharpness
+                    tensor.abs_().add_(4.0)
 
 
 def grow(model: PeftModel) -> None:
@@ -247,18 +249,21 @@ def test_capture_activations_sees_key_preactivation(ids):
     assert acts[block][0, 0, 0].item() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_patch_formula_uses_ffn_activation():
-    """A BERT patch adds v * gelu(k.x + b) to the FFN output; a LLaMA patch v * silu(k.x + b) * 1."""
+@pytest.mark.parametrize("sharpness", [1.0, 10.0])
+def test_patch_formula_uses_ffn_activation(sharpness):
+    """A BERT patch adds (v/s) * gelu(s(k.x + b)) to the FFN output; a LLaMA patch (v/s) * silu(s(k.x + b)) * 1."""
     torch.manual_seed(0)
     for arch in ("bert", "llama"):
-        model = patched(arch)
+        model = patched(arch, sharpness=sharpness)
         blocks = model.patch_blocks()
         (parts,) = blocks.values()
         x = torch.randn(4, 32)
         k, b, v = torch.randn(32), torch.tensor([0.3]), torch.randn(32)
         model.add_patch(key=k, bias=b, value=v)
         key, value = parts["key"], parts["value"]
-        hidden = key(x)
+        with model.capture_activations() as captured:
+            hidden = key(x)
+        assert torch.allclose(captured[key.block], (x @ k + b).unsqueeze(-1), atol=1e-5)  # natural scale
         act = torch.nn.functional.gelu if arch == "bert" else torch.nn.functional.silu
         if arch == "bert":
             out = value(act(hidden))
@@ -266,8 +271,26 @@ def test_patch_formula_uses_ffn_activation():
         else:
             out = value(act(hidden) * parts["up"](x))
             base = value.base_layer(act(hidden[:, :64]) * parts["up"].base_layer(x))
-        manual = act(x @ k + b).unsqueeze(-1) * v
+        manual = act(sharpness * (x @ k + b)).unsqueeze(-1) * v / sharpness
         assert torch.allclose(out - base, manual, atol=1e-5)
+
+
+def test_sharpness_silences_patches_below_zero():
+    """With the default sharpness a patch at pre-activation -2 adds ~0; as a plain GELU unit it would leak."""
+    x = torch.randn(4, 32)
+    k = torch.zeros(32)
+    outputs = {}
+    for sharpness in (1.0, 10.0):
+        model = patched("bert", sharpness=sharpness)
+        (parts,) = model.patch_blocks().values()
+        model.add_patch(key=k, bias=-2.0, value=torch.full((32,), 10.0))
+        hidden = parts["key"](x)
+        act = torch.nn.functional.gelu
+        outputs[sharpness] = (parts["value"](act(hidden)) - parts["value"].base_layer(act(hidden[:, :64]))).abs().max()
+    assert outputs[1.0] > 0.4  # 10 * |gelu(-2)| = 0.455
+    assert outputs[10.0] < 1e-6
+    with pytest.raises(ValueError, match="sharpness"):
+        MPNConfig(sharpness=0)
 
 
 def test_trainer_checkpoint_and_resume_round_trip(tmp_path):

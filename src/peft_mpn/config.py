@@ -91,6 +91,12 @@ class MPNConfig(PeftConfig):
             new patch an exact no-op until it is trained.
         init_key_std: Standard deviation of a new patch's key when none is given; ``None`` means
             ``1/sqrt(in_features)``.
+        sharpness: ``s`` in ``(v / s) * act(s * (k . x + b))``, the form each patch unit takes. With ``s`` well
+            above 1 the FFN's GELU or SiLU acts on the patch like a ReLU: a silent patch (``k . x + b`` below 0)
+            adds exactly nothing, while GELU's negative tail (``gelu(-2) = -0.045``) would leak ``v`` a little on
+            every input, and a hundred patches leak together (measured on e5-small after 63 patches: 24% of
+            unrelated claims flipped with ``s=1``, 0.8% with ``s=10``). Parameters, losses and merges are all in
+            the natural scale; ``s`` only shapes the unit. 1 gives the plain FFN unit.
         patch_sizes: Maintained by the model: per FFN block, the number of neurons of each patch, oldest first.
             Saved so that ``from_pretrained`` can rebuild the shapes before the weights load.
         num_frozen: Maintained by the model: per FFN block, how many of the oldest patches are frozen.
@@ -139,6 +145,10 @@ class MPNConfig(PeftConfig):
     init_key_std: float | None = field(
         default=None, metadata={"help": "Std of a new patch's key; None means 1/sqrt(in_features)."}
     )
+    sharpness: float = field(
+        default=10.0,
+        metadata={"help": "Each unit is (v/s)*act(s*(k.x+b)): s >> 1 makes GELU/SiLU act like ReLU on patches."},
+    )
     patch_sizes: dict[str, list[int]] = field(
         default_factory=dict, metadata={"help": "Maintained by the model: neurons per patch, per FFN block."}
     )
@@ -163,6 +173,10 @@ class MPNConfig(PeftConfig):
         self._validate_layers()
         if self.init_value_std < 0 or (self.init_key_std is not None and self.init_key_std <= 0):
             raise ValueError("MPNConfig.init_value_std must be >= 0 and init_key_std > 0 (or None).")
+        if isinstance(self.sharpness, bool) or not isinstance(self.sharpness, (int, float)) or self.sharpness <= 0:
+            raise ValueError(
+                f"MPNConfig.sharpness must be a number > 0 (1 is the plain FFN unit); got {self.sharpness!r}."
+            )
         if self.key_modules or self.value_modules or self.up_modules:
             if not (self.key_modules and self.value_modules):
                 raise ValueError(

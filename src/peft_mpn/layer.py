@@ -111,12 +111,23 @@ class PatchBank(nn.Module):
         dim: Width of each patch row.
         dtype: Dtype of the patch tensors.
         device: Device of the patch tensors.
+        sharpness: ``s`` of the unit ``(v / s) * act(s * (k . x + b))`` (see ``MPNConfig.sharpness``). The
+            parameters stay in the natural scale; :meth:`effective_weight` and :meth:`effective_bias` give what the
+            base projection would hold.
     """
 
-    def __init__(self, role: Role, dim: int, dtype: torch.dtype, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        role: Role,
+        dim: int,
+        dtype: torch.dtype,
+        device: torch.device | None = None,
+        sharpness: float = 1.0,
+    ) -> None:
         super().__init__()
         self.role = role
         self.dim = dim
+        self.sharpness = float(sharpness)
         self.has_bias = role != "value"
         self.register_buffer("frozen_weight", torch.zeros(0, dim, dtype=dtype, device=device))
         self.register_buffer("frozen_bias", torch.zeros(0, dtype=dtype, device=device) if self.has_bias else None)
@@ -151,6 +162,20 @@ class PatchBank(nn.Module):
         if len(self.biases) == 0:
             return self.frozen_bias
         return torch.cat([self.frozen_bias, *self.biases], dim=0)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The rows as the projection uses them: ``s * k`` for a key bank, ``v / s`` for a value bank."""
+        weight = self.weight()
+        if self.sharpness == 1.0 or self.role == "up":
+            return weight
+        return weight * self.sharpness if self.role == "key" else weight / self.sharpness
+
+    def effective_bias(self) -> torch.Tensor | None:
+        """The biases as the projection uses them: ``s * b`` for a key bank."""
+        bias = self.bias()
+        if bias is None or self.sharpness == 1.0 or self.role != "key":
+            return bias
+        return bias * self.sharpness
 
     def add(self, weight: torch.Tensor, bias: torch.Tensor | None, requires_grad: bool = True) -> None:
         """Append one trainable patch of ``weight.shape[0]`` neurons."""
@@ -231,6 +256,7 @@ class MPNLayer(nn.Module, BaseTunerLayer):
         adapter_name: The first adapter.
         sizes: Neurons per patch to rebuild (when loading a saved adapter).
         num_frozen: How many of those patches are frozen.
+        sharpness: ``MPNConfig.sharpness`` of the first adapter.
     """
 
     adapter_layer_names: tuple[str, ...] = ("mpn_patches",)
@@ -244,6 +270,7 @@ class MPNLayer(nn.Module, BaseTunerLayer):
         adapter_name: str,
         sizes: Sequence[int] = (),
         num_frozen: int = 0,
+        sharpness: float = 1.0,
     ) -> None:
         super().__init__()
         if role not in ROLES:
@@ -261,7 +288,7 @@ class MPNLayer(nn.Module, BaseTunerLayer):
         in_features, out_features = layer_features(base_layer)
         self.in_features, self.out_features = in_features, out_features
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, sizes=sizes, num_frozen=num_frozen)
+        self.update_layer(adapter_name, sizes=sizes, num_frozen=num_frozen, sharpness=sharpness)
 
     # ------------------------------------------------------------------ adapters
     @property
@@ -269,12 +296,14 @@ class MPNLayer(nn.Module, BaseTunerLayer):
         """Width of each patch row: ``in_features`` for key/up, ``out_features`` for value."""
         return self.out_features if self.role == "value" else self.in_features
 
-    def update_layer(self, adapter_name: str, sizes: Sequence[int] = (), num_frozen: int = 0) -> None:
+    def update_layer(
+        self, adapter_name: str, sizes: Sequence[int] = (), num_frozen: int = 0, sharpness: float = 1.0
+    ) -> None:
         """Create the patch bank of ``adapter_name`` (empty, or with zero patches of the given sizes)."""
         weight = self.get_base_layer().weight
         dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         device = None if weight.device.type == "meta" else weight.device
-        bank = PatchBank(self.role, self.patch_dim, dtype=dtype, device=device)
+        bank = PatchBank(self.role, self.patch_dim, dtype=dtype, device=device, sharpness=sharpness)
         if sizes:
             bank.resize(sizes, num_frozen)
         self.mpn_patches[adapter_name] = bank
@@ -310,7 +339,9 @@ class MPNLayer(nn.Module, BaseTunerLayer):
             weight = bank.weight()
             units = F.linear(x.to(weight.dtype), weight, bank.bias())
             if self.capture_to is not None and self.capture_to[0] == name:
-                self.capture_to[1][self.block] = units
+                self.capture_to[1][self.block] = units  # natural scale: the losses' thresholds refer to it
+            if bank.sharpness != 1.0 and self.role == "key":
+                units = units * bank.sharpness
             extras.append(units.to(result.dtype))
         if not extras:
             return result
@@ -326,7 +357,10 @@ class MPNLayer(nn.Module, BaseTunerLayer):
             weight = bank.weight()
             n = weight.shape[0]
             units = x[..., offset : offset + n]
-            result = result + (units.to(weight.dtype) @ weight).to(result.dtype)
+            out = units.to(weight.dtype) @ weight
+            if bank.sharpness != 1.0:
+                out = out / bank.sharpness
+            result = result + out.to(result.dtype)
             offset += n
         if offset != x.shape[-1]:
             raise RuntimeError(
@@ -344,14 +378,14 @@ class MPNLayer(nn.Module, BaseTunerLayer):
             if name in self.merged_adapters:
                 continue
             bank = self.mpn_patches[name]
-            weight = bank.weight().detach()
+            weight = bank.effective_weight().detach()
             if safe_merge and not torch.isfinite(weight).all():
                 raise ValueError(f"MPN adapter {name!r} has non-finite patch weights on {self.block}; not merged.")
             if self.role == "value":
                 append_input_units(base, weight)
             else:
                 self._added_bias = self._added_bias or base.bias is None
-                append_output_units(base, weight, bank.bias().detach())
+                append_output_units(base, weight, bank.effective_bias().detach())
             self._merged_neurons[name] = weight.shape[0]
             self.merged_adapters.append(name)
 

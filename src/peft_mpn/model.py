@@ -270,9 +270,11 @@ class MPNModel(BaseTuner):
         sizes = peft_config.patch_sizes.get(block, [])
         num_frozen = peft_config.num_frozen.get(block, 0)
         if isinstance(target, MPNLayer):
-            target.update_layer(adapter_name, sizes=sizes, num_frozen=num_frozen)
+            target.update_layer(adapter_name, sizes=sizes, num_frozen=num_frozen, sharpness=peft_config.sharpness)
             return
-        new_module = MPNLayer(target, role, block, adapter_name, sizes=sizes, num_frozen=num_frozen)
+        new_module = MPNLayer(
+            target, role, block, adapter_name, sizes=sizes, num_frozen=num_frozen, sharpness=peft_config.sharpness
+        )
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
