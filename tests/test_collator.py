@@ -184,3 +184,16 @@ def test_invalid_dict_record_is_rejected_by_the_schema(tokenizer):
     collator = MultilingualEditCollator(tokenizer)
     with pytest.raises(ValueError, match=r"'bad'.*'colour'"):
         collator.build({"id": "bad", "inputs": {"en": TEXT}, "label": 0, "colour": "red"})
+
+
+def test_negatives_of_every_training_language_join_the_memory_rows(tokenizer):
+    negatives = {lang: [translate("w1 w2 w20 w3", lang)] for lang in LANGS}
+    record = EditRecord(id="neg", inputs={lang: translate(TEXT, lang) for lang in LANGS}, label=1, negatives=negatives)
+    collator = MultilingualEditCollator(tokenizer, ["en", "fr"], memory=MEMORY, edit_repeat=2, memory_batch_size=2)
+    batch = collator.build(record, step=4)
+    n_edit = int(batch["edit_mask"].sum())
+    assert batch["input_ids"].shape[0] == n_edit + 2 + 2  # 2 sampled memory rows + en and fr negatives
+    rows = tokenizer.batch_decode(batch["input_ids"][-2:], skip_special_tokens=True)
+    assert [r.split() for r in rows] == [negatives["en"][0].split(), negatives["fr"][0].split()]
+    assert (batch["labels"][n_edit:] == -100).all()
+    assert record.negative_texts(["de"]) == negatives["de"]

@@ -210,7 +210,17 @@ def test_record_neighbours_and_locality(records):
             assert neighbour["inputs"] != record["inputs"]
         for text in record["locality"]:
             assert text not in texts_of[iso]
-            assert split_of[text_country[text]] == record["meta"]["split"]
+            # Locality claims come from the validation split, which is never edited.
+            assert split_of[text_country[text]] == "validation"
+
+
+def test_locality_split_none_keeps_own_split(records):
+    same = to_edit_records(seed=0, max_countries=SMALL, locality_split=None, splits=["test"])
+    split_of = {r["meta"]["country"]: r["meta"]["split"] for r in records}
+    text_country = {t: r["meta"]["country"] for r in records for t in r["inputs"].values()}
+    assert same and all(split_of[text_country[t]] == "test" for r in same for t in r["locality"])
+    with pytest.raises(ValueError, match="locality_split"):
+        to_edit_records(max_countries=SMALL, locality_split="dev")
 
 
 def test_records_need_english():

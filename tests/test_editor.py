@@ -113,6 +113,32 @@ def test_fast_and_full_paths_agree(classifier):
     assert abs(fast_result.steps - full_result.steps) <= 2
 
 
+def with_negatives(record, n=3):
+    """``record`` plus hard negatives: the English text with its first word changed, so its FFN input is close."""
+    words = record.inputs["en"].split()
+    variants = [" ".join([f"w{30 + i}", *words[1:]]) for i in range(n)]
+    data = record.to_dict()
+    data["negatives"] = {lang: [translate(v, lang) for v in variants] for lang in LANGS}
+    return EditRecord.from_dict(data)
+
+
+def test_negatives_are_memory_rows_of_their_edit_on_both_paths(classifier):
+    config = EditConfig(max_steps=300)
+    fast, tokenizer = make_editor(classifier, config=config, fast=True)
+    full, _ = make_editor(classifier, config=config, fast=False)
+    record = with_negatives(wrong_records(fast.model, tokenizer, 1)[0])
+    plain = EditRecord.from_dict({k: v for k, v in record.to_dict().items() if k != "negatives"})
+    fast_losses, full_losses = fast.initial_losses(record), full.initial_losses(record)
+    assert fast_losses["memory"] == pytest.approx(full_losses["memory"], abs=1e-5)
+    assert fast_losses["memory"] != pytest.approx(fast.initial_losses(plain)["memory"], abs=1e-6)
+    # Same memory loss as an editor whose memory simply holds the negatives too: they are memory rows.
+    extended = MPNEditor(
+        full.model, tokenizer, languages=LANGS, memory=memory_texts() + record.negative_texts(LANGS), progress=False
+    )
+    assert extended.initial_losses(plain)["memory"] == pytest.approx(fast_losses["memory"], rel=1e-4)
+    assert fast.edit(record).success
+
+
 def test_resume_after_crash_gives_the_same_adapter(classifier, tmp_path, monkeypatch):
     editor, tokenizer = make_editor(classifier)
     records = wrong_records(editor.model, tokenizer, 6)

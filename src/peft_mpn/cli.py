@@ -31,6 +31,16 @@ def _csv(value: str) -> list[str]:
     return items
 
 
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, e.g. 10, got {value!r}")
+    return number
+
+
 def _fail(command: str, message: str) -> int:
     print(f"peft-mpn {command}: {message}", file=sys.stderr)
     return 2
@@ -146,6 +156,7 @@ def _edit(args: argparse.Namespace) -> int:
         memory=memory,
         method=args.method,
         config=EditConfig(max_steps=args.max_steps, seed=args.seed),
+        mpn_config=peft_mpn.MPNConfig(sharpness=args.sharpness) if args.method in ("mpn", "tpatcher") else None,
     )
     out = Path(args.output)
     results = editor.edit_stream(records, checkpoint_dir=out / "checkpoint")
@@ -224,6 +235,7 @@ def _demo(args: argparse.Namespace) -> int:
         max_countries=args.max_countries,
         base_train_layers=args.base_train_layers,
         pooling=args.pooling,
+        sharpness=args.sharpness,
         seed=args.seed,
         edit=EditConfig(seed=args.seed),
     )
@@ -304,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="gets adapter/, results.json and a resumable checkpoint/")
     p.add_argument("--limit", type=int, default=None, help="edit only the first N records")
     p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_edit)
 
@@ -347,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-countries", type=int, default=None)
     p.add_argument("--base-train-layers", type=int, default=1)
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="how the base classifier pools")
+    p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -121,7 +121,7 @@ class MultilingualEditCollator:
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     def build(self, record: EditRecord | dict[str, Any], step: int = 0) -> dict[str, Any]:
-        """The batch of one step: edit rows first, then memory rows.
+        """The batch of one step: edit rows first, then memory rows (sampled memory, then the record's negatives).
 
         Returns:
             ``input_ids``, ``attention_mask``, ``labels`` (``-100`` on memory rows), ``edit_mask`` (bool per row)
@@ -133,7 +133,8 @@ class MultilingualEditCollator:
         if record.label is None:
             raise ValueError(f"edit record {record.id!r}: field 'label' is missing; classification edits need it.")
         languages = self.step_languages(step)
-        memory = [self.memory[i] for i in self.memory_indices(step)]
+        # Hard negatives of the record (every training language, every step) join the sampled memory.
+        memory = [self.memory[i] for i in self.memory_indices(step)] + record.negative_texts(self.languages)
         batch = self.tokenize([record.inputs[lang] for lang in languages] + memory)
         n_edit = len(languages)
         labels = torch.full((n_edit + len(memory),), -100, dtype=torch.long)

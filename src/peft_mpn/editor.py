@@ -167,6 +167,7 @@ class MPNEditor:
         self._memory_reads: torch.Tensor | None = None
         self._memory_owner: torch.Tensor | None = None
         self._memory_count = 0  # memory texts cached so far
+        self._negative_reads: torch.Tensor | None = None  # the current record's hard negatives (fast path)
         self.stopper = PatchEarlyStopping(self.config)
 
     # ------------------------------------------------------------------ memory
@@ -266,6 +267,8 @@ class MPNEditor:
     def _begin_fast(self, record: EditRecord) -> tuple[CachedInputs, list[nn.Parameter]]:
         self._sync_memory()
         cached = self._encode([record.inputs[lang] for lang in self.languages])
+        negatives = record.negative_texts(self.languages)
+        self._negative_reads = self._encode(negatives).read(self.config.position) if negatives else None
         return cached, self.strategy.begin(record.id, self._init_vector(cached), self.config)
 
     def _fast_step(self, cached: CachedInputs, label: int, step: int) -> tuple[LossParts, StepStats]:
@@ -334,13 +337,19 @@ class MPNEditor:
         return cached.hidden[0][cached.mask[0].bool()].mean(0)
 
     def _memory_acts(self, step: int, key: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        parts = []
         reads = self._memory_reads
-        if reads is None or reads.numel() == 0:
+        if reads is not None and reads.numel():
+            chosen = self.collator.memory_indices(step, self._memory_count)
+            if len(chosen) < self._memory_count:
+                reads = reads[torch.isin(self._memory_owner, torch.tensor(chosen))]
+            parts.append(reads)
+        if self._negative_reads is not None:  # the record's hard negatives, as the collator adds them
+            parts.append(self._negative_reads)
+        if not parts:
             return key.new_zeros(0)
-        chosen = self.collator.memory_indices(step, self._memory_count)
-        if len(chosen) < self._memory_count:
-            reads = reads[torch.isin(self._memory_owner, torch.tensor(chosen))]
-        return reads @ key.T + bias
+        acts = [reads @ key.T + bias for reads in parts]  # no copy of the (large) memory
+        return acts[0] if len(acts) == 1 else torch.cat(acts)
 
     def _full_batch(self, record: EditRecord, step: int) -> dict[str, Any]:
         device = next(self.model.parameters()).device

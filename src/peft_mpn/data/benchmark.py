@@ -294,6 +294,9 @@ class Claim:
         names: The country's (cleaned) name per language.
         paraphrases: English paraphrases of the claim, without prefix.
         split: The split of the country.
+        negatives: Hard negatives: the same country and relation with values of *training* countries other than
+            both values that any claim about this country uses, so never an evaluation text. One dict (language ->
+            text, without prefix) per value.
     """
 
     country: str
@@ -307,6 +310,7 @@ class Claim:
     names: dict[str, str]
     paraphrases: tuple[str, ...]
     split: str
+    negatives: tuple[dict[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -364,6 +368,23 @@ def _pick_false_key(
     return None
 
 
+def _pick_negative_keys(
+    country: Country, fact: Fact, used: set[str], pool: Sequence[Fact], langs: Sequence[str], n: int, seed: int
+) -> list[str]:
+    """Up to ``n`` values of other (training) countries for hard negatives: never a value ``used`` by a claim."""
+    keys = sorted(
+        {
+            cand.key
+            for cand in pool
+            if cand.key not in used
+            and cand.key not in fact.also_true
+            and all(cand.values.get(lang) and cand.values[lang] != fact.values[lang] for lang in langs)
+        }
+    )
+    rng = random.Random(f"{seed}:{country.iso2}:{fact.relation}:negatives")
+    return rng.sample(keys, min(n, len(keys)))
+
+
 def build_claims(
     languages: Sequence[str] = XNLI_LANGUAGES,
     relations: Sequence[str] = RELATIONS,
@@ -371,6 +392,7 @@ def build_claims(
     split_fractions: Mapping[str, float] | Sequence[float] | None = None,
     max_countries: int | None = None,
     templates: Mapping[str, Any] | None = None,
+    n_negatives: int = 3,
 ) -> list[Claim]:
     """Build every claim (true and false) for the requested languages and relations.
 
@@ -387,6 +409,8 @@ def build_claims(
         max_countries: Keep only this many countries (after the seeded shuffle, countries with every relation first),
             e.g. for fast tests.
         templates: Parsed templates (:func:`load_templates`); None uses the packaged ones.
+        n_negatives: Hard negatives per claim (:attr:`Claim.negatives`), with values of countries of the first
+            split (``train``).
 
     Returns:
         Claims sorted by split (in ``split_fractions`` order), country, relation, then true before false.
@@ -426,6 +450,8 @@ def build_claims(
             split_of[iso] = split
         start += size
 
+    first_split = next(iter(fractions))
+    train_pools = {rel: [f for c, f in pool if split_of.get(c.iso2) == first_split] for rel, pool in pools.items()}
     claims: list[Claim] = []
     for country in countries:
         if country.iso2 not in split_of:
@@ -442,6 +468,14 @@ def build_claims(
             if false_key is not None:
                 false_fact = next(f for _, f in pools[rel] if f.key == false_key)
                 variants.append((0, false_fact))
+            negative_keys = _pick_negative_keys(
+                country, fact, {fact.key, false_key or ""}, train_pools[rel], langs, n_negatives, seed
+            )
+            negatives = tuple(
+                {lang: renderer.claim(rel, lang, forms[lang], neg.values[lang]) for lang in langs}
+                for key in negative_keys
+                for neg in [next(f for f in train_pools[rel] if f.key == key)]
+            )
             for label, used in variants:
                 texts = {lang: renderer.claim(rel, lang, forms[lang], used.values[lang]) for lang in langs}
                 para = renderer.paraphrases(rel, forms["en"], used.values["en"]) if "en" in langs else []
@@ -458,6 +492,7 @@ def build_claims(
                         names=names,
                         paraphrases=tuple(para),
                         split=split_of[country.iso2],
+                        negatives=negatives,
                     )
                 )
     split_rank = {name: i for i, name in enumerate(fractions)}
@@ -559,6 +594,7 @@ def to_edit_records(
     splits: Sequence[str] | None = None,
     n_locality: int = 3,
     templates: Mapping[str, Any] | None = None,
+    locality_split: str | None = "validation",
 ) -> list[dict[str, Any]]:
     """Build edit records, one per (country, relation, truth value).
 
@@ -568,15 +604,22 @@ def to_edit_records(
          "inputs": {"en": "query: The capital of France is Paris.", "fr": "query: La capitale de la France ...", ...},
          "label": 1,
          "rephrases": {"en": ["query: Paris is the capital of France.", ...]},
-         "locality": ["query: <claim about another country of the same split>", ...],
+         "locality": ["query: <claim about a country of the locality split>", ...],
          "neighbours": [{"inputs": {lang: text}, "label": 0}, ...],
+         "negatives": {"en": ["query: The capital of France is Madrid.", ...], ...},
          "meta": {"country": "FR", "relation": "capital", "split": "train", "value": "Paris", "true_value": "Paris",
                   "value_key": "Paris", "true_key": "Paris"}}
 
+    ``negatives`` are hard negatives for training (:attr:`Claim.negatives`): the same country and relation with
+    values of training countries, never a value of any claim about the country, so never an evaluation text.
     ``neighbours`` are the other claims about the same country (the opposite-truth claim of the same relation first,
     then both claims of every other relation), so that metrics can check an edit does not fire on everything about
-    one country. ``locality`` holds ``n_locality`` claims about other countries of the same split, each in a
+    one country. ``locality`` holds ``n_locality`` claims about other countries of ``locality_split``, each in a
     seeded random language of its relation. ``meta`` values are English.
+
+    Locality claims come from a split that is never edited (validation by default; the experiment edits test claims
+    and draws its memory from training claims). Drawing them from the edited split would count intended changes as
+    locality failures: a test claim that is itself edited, or a translation of one, is *meant* to flip.
 
     Args:
         languages: Language codes; must include ``"en"`` (records are anchored on English).
@@ -588,6 +631,8 @@ def to_edit_records(
         splits: Only return records of these splits (default: all, in split order).
         n_locality: Number of locality texts per record.
         templates: Parsed templates; None uses the packaged ones.
+        locality_split: Split the locality claims come from; ``None`` uses each record's own split. Falls back to
+            the record's own split when this split has no other country (tiny benchmarks).
 
     Returns:
         The records, JSON-serialisable.
@@ -597,6 +642,9 @@ def to_edit_records(
     """
     if "en" not in languages:
         raise ValueError("edit records need English ('en') among the languages")
+    known = _normalise_fractions(split_fractions)
+    if locality_split is not None and locality_split not in known:
+        raise ValueError(f"locality_split {locality_split!r} is not a split; use one of {sorted(known)} or None.")
     claims = build_claims(languages, relations, seed, split_fractions, max_countries, templates)
     by_country: dict[str, list[Claim]] = {}
     by_split: dict[str, list[Claim]] = {}
@@ -614,7 +662,9 @@ def to_edit_records(
         same_country = [c for c in by_country[claim.country] if c is not claim]
         same_country.sort(key=lambda c: (c.relation != claim.relation,))  # stable: opposite truth first
         rng = random.Random(f"{seed}:{claim.id}:locality")
-        others = [c for c in by_split[claim.split] if c.country != claim.country]
+        others = [c for c in by_split.get(locality_split or claim.split, []) if c.country != claim.country]
+        if not others:
+            others = [c for c in by_split[claim.split] if c.country != claim.country]
         locality = []
         for other in rng.sample(others, min(n_locality, len(others))):
             lang = rng.choice(sorted(other.texts))
@@ -627,6 +677,9 @@ def to_edit_records(
                 "rephrases": {"en": [prefix + p for p in claim.paraphrases]},
                 "locality": locality,
                 "neighbours": [{"inputs": inputs(c), "label": c.label} for c in same_country],
+                "negatives": {lang: [prefix + n[lang] for n in claim.negatives] for lang in claim.texts}
+                if claim.negatives
+                else {},
                 "meta": {
                     "country": claim.country,
                     "relation": claim.relation,

@@ -20,7 +20,7 @@ from ..utils.io import write_jsonl
 
 
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-FIELDS = ("id", "inputs", "label", "rephrases", "locality", "neighbours", "meta")
+FIELDS = ("id", "inputs", "label", "rephrases", "locality", "neighbours", "negatives", "meta")
 
 
 def _fail(record_id: Any, field_name: str, problem: str) -> ValueError:
@@ -44,6 +44,18 @@ def _text_map(record_id: Any, field_name: str, value: Any, known: set[str] | Non
     return dict(value)
 
 
+def _text_lists(record_id: str, field_name: str, value: Any, known: set[str] | None) -> dict[str, list[str]]:
+    """Validate a ``{language: [text, ...]}`` field."""
+    value = value or {}
+    if not isinstance(value, dict):
+        raise _fail(record_id, field_name, "must map language codes to lists of texts.")
+    for lang, texts in value.items():
+        _check_language(record_id, field_name, lang, known)
+        if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise _fail(record_id, field_name, f"must hold a list of non-empty texts for {lang!r}.")
+    return {lang: list(texts) for lang, texts in value.items()}
+
+
 @dataclass
 class EditRecord:
     """One edit: an input in several languages and the label the model should give it.
@@ -55,7 +67,10 @@ class EditRecord:
         rephrases: Language code to paraphrases of the input, for monolingual generalisation.
         locality: Unrelated texts whose predictions must not change.
         neighbours: Other claims about the same subject, ``[{"inputs": {lang: text}, "label": int}]``; a patch
-            must not fire on them either.
+            must not fire on them either. Evaluation only: they never reach training.
+        negatives: Language code to *hard negatives*: texts close to the edit that its patch must stay silent on,
+            such as the same subject with other values ("The capital of France is Madrid."). They join the memory
+            for this edit only. Build them from training data, never from evaluation items.
         meta: Free-form information (relation, subject...), kept as is.
 
     Example:
@@ -71,6 +86,7 @@ class EditRecord:
     rephrases: dict[str, list[str]] = field(default_factory=dict)
     locality: list[str] = field(default_factory=list)
     neighbours: list[dict[str, Any]] = field(default_factory=list)
+    negatives: dict[str, list[str]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -115,13 +131,8 @@ class EditRecord:
         elif isinstance(label, bool) or not isinstance(label, int) or label < 0:
             raise _fail(record_id, "label", f"must be a non-negative int class id, got {label!r}.")
 
-        rephrases = data.get("rephrases") or {}
-        if not isinstance(rephrases, dict):
-            raise _fail(record_id, "rephrases", "must map language codes to lists of texts.")
-        for lang, texts in rephrases.items():
-            _check_language(record_id, "rephrases", lang, known)
-            if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
-                raise _fail(record_id, "rephrases", f"must hold a list of non-empty texts for {lang!r}.")
+        rephrases = _text_lists(record_id, "rephrases", data.get("rephrases"), known)
+        negatives = _text_lists(record_id, "negatives", data.get("negatives"), known)
 
         locality = data.get("locality") or []
         if not isinstance(locality, list) or not all(isinstance(t, str) and t.strip() for t in locality):
@@ -138,7 +149,20 @@ class EditRecord:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise _fail(record_id, "meta", "must be a JSON object.")
-        return cls(record_id, inputs, label, dict(rephrases), list(locality), list(neighbours), dict(meta))
+        return cls(
+            id=record_id,
+            inputs=inputs,
+            label=label,
+            rephrases=rephrases,
+            locality=list(locality),
+            neighbours=list(neighbours),
+            negatives=negatives,
+            meta=dict(meta),
+        )
+
+    def negative_texts(self, languages: Iterable[str]) -> list[str]:
+        """The hard negatives of the given languages, in that order."""
+        return [text for lang in languages for text in self.negatives.get(lang, [])]
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict, without empty optional fields."""
