@@ -86,10 +86,13 @@ def test_edit_and_evaluate_commands(classifier, tmp_path, capsys):
             str(tmp_path / "run"),
             "--limit",
             "3",
+            "--sharpness",
+            "5",
         ]
     )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())["sharpness"] == 5.0
     assert summary["records"] == 3 and summary["success_rate"] == 1.0
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "run" / "results.json").read_text())["summary"] == summary
@@ -120,6 +123,9 @@ def test_commands_fail_cleanly(tmp_path, capsys):
     bad.write_text('{"id": "x", "inputs": {"en": "a"}, "label": 1, "colour": 2}\n')
     assert main(["edit", "--edits", str(bad), "--output", str(tmp_path / "o")]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["edit", "--edits", "e.jsonl", "--output", "o", "--sharpness", "0"])
+    assert "expected a number > 0" in capsys.readouterr().err
     (tmp_path / "r.json").write_text("{}")
     assert main(["report", "--results", str(tmp_path / "r.json")]) == 2
 
