@@ -236,6 +236,7 @@ def _demo(args: argparse.Namespace) -> int:
         base_train_layers=args.base_train_layers,
         pooling=args.pooling,
         sharpness=args.sharpness,
+        n_negatives=args.n_negatives,
         seed=args.seed,
         edit=EditConfig(seed=args.seed),
     )
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-countries", type=int, default=None)
     p.add_argument("--base-train-layers", type=int, default=1)
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="how the base classifier pools")
+    p.add_argument("--n-negatives", type=int, default=3, help="hard negatives per edit and language (0: none)")
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")
     p.add_argument("--seed", type=int, default=0)

@@ -55,6 +55,8 @@ class ExperimentConfig:
         pooling: How the base classifier pools the last layer: ``"cls"`` or ``"mean"``. With mean pooling a
             [CLS] patch must be large to move the mean, and it then leaks onto unrelated claims (measured:
             locality retain 0.26 against 0.65 with "cls" pooling).
+        n_negatives: Hard negatives per edit record and language (same country and relation, values of training
+            countries; see ``to_edit_records``); 0 trains on the memory alone.
         sharpness: ``MPNConfig.sharpness`` of the T-Patcher and MPN patches (1 is the plain GELU unit, whose
             negative tail leaks onto unrelated claims: see ``docs/benchmark.md``).
         seed: Seeds the benchmark, the base training and the edits.
@@ -73,6 +75,7 @@ class ExperimentConfig:
     base_epochs: int = 30
     pooling: str = "cls"
     sharpness: float = 10.0
+    n_negatives: int = 3
     seed: int = 0
     edit: EditConfig = field(default_factory=EditConfig)
 
@@ -176,13 +179,13 @@ def _predict(editor_or_model: Any, tokenizer: Any, texts: list[str]) -> list[int
     return predict(editor_or_model, tokenizer, texts)
 
 
-def _eval_texts(records: list[EditRecord], languages: list[str]) -> dict[str, list[str]]:
+def _eval_texts(records: list[EditRecord], languages: list[str], locality: list[str]) -> dict[str, list[str]]:
     """Every text the evaluation needs, by role, in a fixed order."""
     return {
         **{f"gr:{lang}": [r.inputs.get(lang, "") for r in records] for lang in languages},
         "mono": [t for r in records for t in r.rephrases.get("en", [])],
         "neighbours": [n["inputs"].get(lang, "") for r in records for n in r.neighbours for lang in languages],
-        "locality": [t for r in records for t in r.locality],
+        "locality": list(locality),
     }
 
 
@@ -319,7 +322,8 @@ def run_experiment(
         + ", ".join(f"{lang} {acc:.3f}" for lang, acc in base_info["test_accuracy"].items())
     )
 
-    test_records = [EditRecord.from_dict(r) for r in to_edit_records(**common, splits=["test"])]
+    test_records = to_edit_records(**common, splits=["test"], n_negatives=config.n_negatives)
+    test_records = [EditRecord.from_dict(r) for r in test_records]
     test_records = [r for r in test_records if all(lang in r.inputs for lang in config.languages)]
     english = _predict(base, tokenizer, [r.inputs["en"] for r in test_records])
     records = [r for r, p in zip(test_records, english) if p != r.label][: config.n_edits]
@@ -336,9 +340,14 @@ def run_experiment(
         "en": [r["text"] for r in pool if r["lang"] == "en"][: config.memory_size],
         "multi": [r["text"] for r in pool if r["lang"] in config.train_languages][: config.memory_size],
     }
-    texts = _eval_texts(records, config.languages)
-    locality_rows = {r["text"]: int(r["label"]) for split in bench.values() for r in split}
-    locality_labels = [locality_rows.get(t, 0) for t in texts["locality"]]
+    # Locality: every claim about a validation country, in every language: never edited, never in the memory.
+    # (Tiny benchmarks without validation countries fall back to test countries with no edit.)
+    edited_countries = {r.meta.get("country") for r in records}
+    unrelated = [r for r in bench["validation"] if r["lang"] in config.languages] or [
+        r for r in bench["test"] if r["lang"] in config.languages and r["country"] not in edited_countries
+    ]
+    texts = _eval_texts(records, config.languages, [r["text"] for r in unrelated])
+    locality_labels = [int(r["label"]) for r in unrelated]
     flat = [t for group in texts.values() for t in group if t]
     cache = None
     try:

@@ -595,6 +595,7 @@ def to_edit_records(
     n_locality: int = 3,
     templates: Mapping[str, Any] | None = None,
     locality_split: str | None = "validation",
+    n_negatives: int = 3,
 ) -> list[dict[str, Any]]:
     """Build edit records, one per (country, relation, truth value).
 
@@ -633,6 +634,7 @@ def to_edit_records(
         templates: Parsed templates; None uses the packaged ones.
         locality_split: Split the locality claims come from; ``None`` uses each record's own split. Falls back to
             the record's own split when this split has no other country (tiny benchmarks).
+        n_negatives: Hard negatives per record and language (0 for none).
 
     Returns:
         The records, JSON-serialisable.
@@ -645,7 +647,7 @@ def to_edit_records(
     known = _normalise_fractions(split_fractions)
     if locality_split is not None and locality_split not in known:
         raise ValueError(f"locality_split {locality_split!r} is not a split; use one of {sorted(known)} or None.")
-    claims = build_claims(languages, relations, seed, split_fractions, max_countries, templates)
+    claims = build_claims(languages, relations, seed, split_fractions, max_countries, templates, n_negatives)
     by_country: dict[str, list[Claim]] = {}
     by_split: dict[str, list[Claim]] = {}
     for claim in claims:
