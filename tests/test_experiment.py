@@ -38,3 +38,7 @@ def test_config_validates_and_keys_sharpness():
     assert a.base_key() == b.base_key()  # the base classifier does not depend on the patch unit
     with pytest.raises(ValueError, match="both training and held-out"):
         ExperimentConfig(train_languages=["en", "ru"], heldout_languages=["ru"])
+    with pytest.raises(ValueError, match="n_negatives"):
+        ExperimentConfig(n_negatives=-1)
+    with pytest.raises(ValueError, match="sharpness"):
+        ExperimentConfig(sharpness=0)
