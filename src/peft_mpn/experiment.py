@@ -93,7 +93,7 @@ class ExperimentConfig:
         if self.n_edits < 1 or self.memory_size < 0:
             raise ValueError("ExperimentConfig.n_edits must be >= 1 and memory_size >= 0.")
         if self.n_negatives < 0:
-            raise ValueError(f"ExperimentConfig.n_negatives must be >= 0 (0: no hard negatives), got {self.n_negatives}.")
+            raise ValueError(f"ExperimentConfig.n_negatives must be >= 0 (0: none), got {self.n_negatives}.")
         if not self.sharpness > 0:
             raise ValueError(f"ExperimentConfig.sharpness must be > 0 (1: plain FFN unit), got {self.sharpness}.")
 
