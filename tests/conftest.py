@@ -174,3 +174,95 @@ def classifier(trained_classifier_state):
         return model.eval(), tokenizer
 
     return fresh
+
+
+# ---------------------------------------------------------------------- tiny causal LMs for generation edits
+_TINY["bloom"] = lambda: tf.BloomForCausalLM(tf.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=2))
+
+LM_WORDS = [f"v{i}" for i in range(48)]  # prompt words, 'translated' with a language suffix
+LM_ENTITIES = [f"E{i}" for i in range(16)]  # names: the same token in every language, like "Lyon"
+LM_LANGS = ("en", "fr", "de")
+LM_ARCHS = ("gpt2", "llama", "qwen2", "mistral", "bloom")
+
+
+def lm_word_tokenizer(bos: bool = True):
+    """A word-level tokenizer over the prompt words in three 'languages' and the entity names.
+
+    With ``bos`` it prepends ``<s>`` as LLaMA's tokenizer does; without, it adds nothing, as GPT-2's and Qwen2's do.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    words = [w if lang == "en" else f"{w}_{lang}" for lang in LM_LANGS for w in LM_WORDS]
+    vocab = specials + words + LM_ENTITIES
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece()  # joins words with spaces
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def lm_translate(text: str, lang: str) -> str:
+    """The synthetic translation of a prompt: every word but the entity names gets a language suffix."""
+    if lang == "en":
+        return text
+    return " ".join(w if w in LM_ENTITIES else f"{w}_{lang}" for w in text.split())
+
+
+def make_tiny_lm(arch: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
+    """A tiny random causal LM (2 layers, width 64) whose 'translated' words start near their English ones.
+
+    The initialiser range is 0.3 rather than the usual 0.02: at 0.02 a random 2-layer model has nearly flat
+    next-token logits and nearly identical hidden states, so any change flips its argmax and no patch could single
+    out one context. At 0.3 its states are context-specific, as a trained model's are.
+    """
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size, initializer_range=0.3, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    gated = dict(common, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4)
+    configs = {
+        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, **common)),
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**gated)),
+        "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**gated)),
+        "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**gated)),
+        "bloom": lambda: tf.BloomForCausalLM(tf.BloomConfig(hidden_size=64, n_layer=2, n_head=4, **common)),
+    }
+    model = configs[arch]()
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for i in range(len(LM_WORDS)):
+            for k in range(1, len(LM_LANGS)):
+                row = 4 + k * len(LM_WORDS) + i  # the layout of lm_word_tokenizer's vocabulary
+                emb[row] = emb[4 + i] + 0.3 * emb[4 + i].std() * torch.randn_like(emb[4 + i])
+    return model.eval()
+
+
+def lm_sentences(n: int, seed: int, low: int = 4, high: int = 8) -> list[str]:
+    """``n`` random English prompts of ``low`` to ``high`` words."""
+    rng = __import__("random").Random(seed)
+    return [" ".join(rng.choices(LM_WORDS, k=rng.randint(low, high))) for _ in range(n)]
+
+
+def lm_edit_records(n: int, seed: int, languages=LM_LANGS, target_words: int = 2) -> list[dict]:
+    """``n`` generation edits: a random 5-word prompt, translated, and a new answer of entity names."""
+    rng = __import__("random").Random(seed)
+    records = []
+    for i in range(n):
+        prompt = " ".join(rng.choices(LM_WORDS, k=5))
+        target = " " + " ".join(rng.choices(LM_ENTITIES, k=target_words))
+        records.append({
+            "id": f"edit-{seed}-{i}",
+            "prompt": {lang: lm_translate(prompt, lang) for lang in languages},
+            "target": {lang: target for lang in languages},
+        })
+    return records
+
+
+@pytest.fixture(scope="session")
+def lm_tokenizer():
+    """The word-level tokenizer of the tiny causal LMs (with a BOS token)."""
+    return lm_word_tokenizer()

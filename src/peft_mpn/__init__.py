@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
+from .causal_editor import CausalLMEditor, GenerationEditResult
 from .collator import MultilingualEditCollator
 from .config import FFN_PRESETS, FFNPreset, MPNConfig
+from .data.generation import GenerationEditRecord, read_generation_records, write_generation_records
 from .data.records import EditRecord, read_records, write_records
 from .editor import EditResult, MPNEditor
+from .generation_collator import EncodedEdit, GenerationEditCollator
+from .generation_fastpath import LMSuffix
 from .layer import MPNLayer, PatchBank
 from .losses import EditConfig
 from .model import MPNModel
@@ -24,6 +28,7 @@ register()
 __all__ = [
     "FFN_PRESETS",
     "MPN",
+    # classification edits
     "EditConfig",
     "EditRecord",
     "EditResult",
@@ -32,6 +37,16 @@ __all__ = [
     "MultilingualEditCollator",
     "read_records",
     "write_records",
+    # generation edits of decoder LMs (token-level patch neurons)
+    "CausalLMEditor",
+    "EncodedEdit",
+    "GenerationEditCollator",
+    "GenerationEditRecord",
+    "GenerationEditResult",
+    "LMSuffix",
+    "read_generation_records",
+    "write_generation_records",
+    # the tuner
     "FFNPreset",
     "MPNConfig",
     "MPNLayer",
