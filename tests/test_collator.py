@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import LANGS, translate
-from peft_mpn import EditRecord, MultilingualEditCollator
+from peft_mpn import EditConfig, EditRecord, MultilingualEditCollator
+from peft_mpn.collator import training_languages
 
 
 TEXT = "w1 w2 good w3"
@@ -145,6 +146,21 @@ def test_call_with_two_features_names_the_batch_size(tokenizer, record):
         collator([{"record": record, "step": 0}, {"record": record, "step": 1}])
 
 
+def test_for_edits_takes_repeat_memory_sample_and_seed_from_the_edit_config(tokenizer):
+    config = EditConfig(edit_repeat=3, memory_batch_size=2, seed=5)
+    collator = MultilingualEditCollator.for_edits(tokenizer, ["fr"], MEMORY, config, sampling="all", max_length=16)
+    assert isinstance(collator, MultilingualEditCollator)
+    assert (collator.edit_repeat, collator.memory_batch_size, collator.seed) == (3, 2, 5)
+    assert collator.max_length == 16 and collator.memory == MEMORY and collator.languages == ["en", "fr"]
+
+
+def test_training_languages_put_english_first_once():
+    assert training_languages(["fr", "en", "de", "fr"]) == ["en", "fr", "de"]
+    assert training_languages(["fr", "de"], english_only=True) == ["en"]
+    with pytest.raises(TypeError, match=r"list of codes like \['en', 'fr'\], not the string 'fr'"):
+        training_languages("fr", english_only=True)
+
+
 # ---------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "kwargs, message",
@@ -163,6 +179,8 @@ def test_call_with_two_features_names_the_batch_size(tokenizer, record):
 def test_bad_arguments(tokenizer, kwargs, message):
     with pytest.raises(ValueError, match=message):
         MultilingualEditCollator(tokenizer, ["fr", "de"], **kwargs)
+    with pytest.raises(TypeError, match="not the string"):
+        MultilingualEditCollator(tokenizer, "fr")
 
 
 def test_record_missing_a_training_language(tokenizer):

@@ -37,7 +37,7 @@ def with_changes(**changes):
 def test_full_record_round_trips():
     record = EditRecord.from_dict(FULL)
     assert record.id == "fr-capital" and record.label == 0
-    assert record.languages == ["en", "fr", "zh-Hant"]
+    assert record.languages == ["en", "fr", "zh-Hant"] and record.text("fr") == FULL["inputs"]["fr"]
     assert record.rephrases == FULL["rephrases"] and record.locality == FULL["locality"]
     assert record.neighbours == FULL["neighbours"] and record.meta == FULL["meta"]
     assert record.to_dict() == FULL

@@ -13,17 +13,11 @@ predicts its token. MPN trains the same neurons on the translated prompts and ta
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
-import os
-import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,66 +25,45 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .baselines import PatchStrategy, make_strategy
-from .collator import Sampling
+from .collator import Sampling, training_languages
 from .config import MPNConfig
 from .data.generation import GenerationEditRecord
+from .editor import EditResult
 from .fastpath import FastPathUnsupported, capture_inputs
 from .generation import base_model_of, greedy_generate, model_device, teacher_forced_predictions
 from .generation_collator import EncodedEdit, GenerationEditCollator, pad_right
 from .generation_fastpath import LMSuffix
 from .generation_metrics import token_accuracy, token_agreement
 from .losses import EditConfig, LossParts, activation_loss, edit_loss, memory_loss
+from .stream import EditStream
 from .trainer import PatchEarlyStopping, StepStats, build_optimizer
-from .utils.io import atomic_write_json
 
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = 1
 GENERATION_METHODS = ("mpn", "tpatcher")
 
 
 @dataclass
-class GenerationEditResult:
-    """The outcome of one generation edit.
+class GenerationEditResult(EditResult):
+    """The outcome of one generation edit: an `EditResult` with the generation checks.
 
     Attributes:
-        id: The record id.
         success: Right after the edit, the English target is the argmax under teacher forcing and greedy generation
             from the English prompt produces it.
         skipped: The model already produced every training language's target, so nothing was edited.
-        steps: Training steps taken.
         seconds: Wall time of the edit (caching, training and the checks).
-        neurons: Neurons of the new patch: one per wrong target token, at most ``max_neurons``.
-        losses: Loss parts of the last step.
         activation_edit: Smallest pre-activation of the new neurons at their target positions, last step.
         activation_memory: Largest pre-activation of the new neurons on the memory, last step.
         correct: Training language -> the target is the argmax at every position under teacher forcing.
+        method: ``"mpn"`` or ``"tpatcher"``.
+        neurons: Neurons of the new patch: one per wrong target token, at most ``max_neurons``.
         generated: Training language -> greedy generation from the prompt produces the target.
         outputs: Training language -> the greedy generation (as many tokens as the target), decoded.
-        method: ``"mpn"`` or ``"tpatcher"``.
     """
 
-    id: str
-    success: bool
-    skipped: bool = False
-    steps: int = 0
-    seconds: float = 0.0
     neurons: int = 0
-    losses: dict[str, float] = field(default_factory=dict)
-    activation_edit: float | None = None
-    activation_memory: float | None = None
-    correct: dict[str, bool] = field(default_factory=dict)
     generated: dict[str, bool] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
-    method: str = "mpn"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN becomes None)."""
-        data = asdict(self)
-        for key in ("activation_edit", "activation_memory"):
-            if data[key] is not None and math.isnan(data[key]):
-                data[key] = None
-        return data
 
 
 @dataclass
@@ -118,7 +91,7 @@ def assign_neurons(wrong: Sequence[int], n_neurons: int) -> list[int]:
     return [rank * n_neurons // len(wrong) if len(wrong) > n_neurons else rank for rank in range(len(wrong))]
 
 
-class CausalLMEditor:
+class CausalLMEditor(EditStream):
     """Edits a causal LM so that a prompt is continued with a new target, in every training language.
 
     Each edit adds one patch to the last FFN layer with one neuron per wrong target token of the training languages
@@ -168,6 +141,9 @@ class CausalLMEditor:
         True
     """
 
+    edit_kind = "generation"
+    result_class = GenerationEditResult
+
     def __init__(
         self,
         model: nn.Module,
@@ -199,10 +175,7 @@ class CausalLMEditor:
                 f"CausalLMEditor memory_hard_k must be a positive int or None (every memory position), got "
                 f"{memory_hard_k!r}."
             )
-        if isinstance(languages, str):
-            raise TypeError(f"languages must be a list of codes like ['en', 'fr'], not the string {languages!r}.")
-        if method == "tpatcher":
-            languages = ["en"]
+        languages = training_languages(languages, english_only=method == "tpatcher")
         self.method = method
         self.config = config or EditConfig()
         self.max_neurons = max_neurons
@@ -215,17 +188,8 @@ class CausalLMEditor:
         self.model = strategy.model
         self.tokenizer = tokenizer
         self.progress = progress
-        self.collator = GenerationEditCollator(
-            tokenizer,
-            languages,
-            memory,
-            sampling=sampling,
-            k=k,
-            weights=weights,
-            edit_repeat=self.config.edit_repeat,
-            memory_batch_size=self.config.memory_batch_size,
-            max_length=max_length,
-            seed=self.config.seed,
+        self.collator = GenerationEditCollator.for_edits(
+            tokenizer, languages, memory, self.config, sampling=sampling, k=k, weights=weights, max_length=max_length
         )
         self.languages = self.collator.languages
         self.suffix: LMSuffix | None = None
@@ -602,97 +566,3 @@ class CausalLMEditor:
         encoded = [self.collator.encode_record(record, lang) for lang in self.languages]
         forced = teacher_forced_predictions(self.model, encoded, self.pad_id)
         return all(p == e.target_ids for p, e in zip(forced, encoded))
-
-    def edit_stream(
-        self,
-        records: Iterable[GenerationEditRecord | dict[str, Any]],
-        *,
-        checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int = 10,
-        skip_correct: bool = True,
-    ) -> list[GenerationEditResult]:
-        """Edit records in order, each on top of the earlier ones, with a progress bar.
-
-        A record the model already gets right in every training language is skipped when ``skip_correct``. After
-        each edit its prompt and target in every training language join the memory, so later patches stay silent on
-        earlier edits. With ``checkpoint_dir`` the adapter and the results are saved atomically every
-        ``checkpoint_every`` edits and at the end; calling again with the same records resumes after the last
-        checkpoint.
-        """
-        records = [self._record(r) for r in records]
-        ids = [r.id for r in records]
-        if len(set(ids)) != len(ids):
-            raise ValueError("edit_stream: record ids must be unique (field 'id' repeats).")
-        results: list[GenerationEditResult] = []
-        if checkpoint_dir is not None:
-            results = self._resume(Path(checkpoint_dir), records)
-        bar = tqdm(total=len(records), initial=len(results), desc=f"editing ({self.method}, generation)",
-                   disable=not self.progress)
-        for index in range(len(results), len(records)):
-            record = records[index]
-            if skip_correct and self.is_correct(record):
-                results.append(GenerationEditResult(id=record.id, success=True, skipped=True, method=self.method))
-            else:
-                result = self.edit(record)
-                results.append(result)
-                if not result.skipped:
-                    self.add_to_memory([record.text(lang) for lang in self.languages])
-            edited = [r for r in results if not r.skipped]
-            bar.update(1)
-            bar.set_postfix(edits=len(edited), success=f"{sum(r.success for r in edited)}/{len(edited)}")
-            if checkpoint_dir is not None:
-                last = index == len(records) - 1
-                if last or (not results[-1].skipped and len(edited) % checkpoint_every == 0):
-                    self._checkpoint(Path(checkpoint_dir), ids, results)
-        bar.close()
-        return results
-
-    def _checkpoint(self, directory: Path, ids: list[str], results: list[GenerationEditResult]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-        self.strategy.save(tmp / "weights")
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "kind": "generation",
-            "method": self.method,
-            "languages": self.languages,
-            "ids": ids,
-            "results": [r.to_dict() for r in results],
-        }
-        atomic_write_json(tmp / "state.json", state)
-        current, old = directory / "current", directory / ".old"
-        if old.exists():
-            shutil.rmtree(old)
-        if current.exists():
-            os.replace(current, old)
-        os.replace(tmp, current)
-        shutil.rmtree(old, ignore_errors=True)
-
-    def _resume(self, directory: Path, records: list[GenerationEditRecord]) -> list[GenerationEditResult]:
-        current = directory / "current"
-        if not (current / "state.json").exists():
-            if (directory / ".old" / "state.json").exists():  # interrupted between the two renames
-                os.replace(directory / ".old", current)
-            else:
-                return []
-        state = json.loads((current / "state.json").read_text(encoding="utf-8"))
-        if state.get("kind") != "generation" or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint in {directory} is not a generation-edit checkpoint; use another directory.")
-        if state.get("method") != self.method or state.get("languages") != self.languages:
-            raise ValueError(
-                f"checkpoint in {directory} is for method {state.get('method')!r} with languages "
-                f"{state.get('languages')}; use another checkpoint_dir or the same settings."
-            )
-        done = state["results"]
-        if [r["id"] for r in done] != [r.id for r in records][: len(done)]:
-            raise ValueError(
-                f"checkpoint in {directory} was made for another stream of records (ids differ); use a new "
-                "checkpoint_dir or the same records."
-            )
-        self.strategy.load(current / "weights")
-        self.model.eval()
-        by_id = {r.id: r for r in records}
-        edited = [by_id[r["id"]] for r in done if not r["skipped"]]
-        self.add_to_memory([rec.text(lang) for rec in edited for lang in self.languages])
-        logger.info("resumed %d of %d generation edits from %s", len(done), len(records), current)
-        return [GenerationEditResult(**r) for r in done]

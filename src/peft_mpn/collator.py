@@ -4,14 +4,37 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
 from .data.records import EditRecord
 
 
+if TYPE_CHECKING:
+    from .losses import EditConfig
+
 Sampling = Literal["all", "random_k", "weighted"]
+CollatorT = TypeVar("CollatorT", bound="MultilingualEditCollator")
+
+
+def training_languages(languages: Sequence[str], *, english_only: bool = False) -> list[str]:
+    """The training languages: English first, then the others in order, without repeats.
+
+    Args:
+        languages: Language codes.
+        english_only: English alone (Transformer-Patcher).
+
+    Raises:
+        TypeError: If ``languages`` is one string rather than a list of codes.
+
+    Example:
+        >>> training_languages(["fr", "en", "de", "fr"])
+        ['en', 'fr', 'de']
+    """
+    if isinstance(languages, str):
+        raise TypeError(f"languages must be a list of codes like ['en', 'fr'], not the string {languages!r}.")
+    return ["en"] if english_only else list(dict.fromkeys(["en", *languages]))
 
 
 class MultilingualEditCollator:
@@ -55,7 +78,7 @@ class MultilingualEditCollator:
         max_length: int = 128,
         seed: int = 0,
     ) -> None:
-        languages = list(dict.fromkeys(["en", *languages]))
+        languages = training_languages(languages)
         if sampling not in ("all", "random_k", "weighted"):
             raise ValueError(f"sampling must be 'all', 'random_k' or 'weighted', not {sampling!r}.")
         others = [lang for lang in languages if lang != "en"]
@@ -77,14 +100,36 @@ class MultilingualEditCollator:
         self.max_length = max_length
         self.seed = seed
 
+    @classmethod
+    def for_edits(
+        cls: type[CollatorT],
+        tokenizer: Any,
+        languages: Sequence[str],
+        memory: Sequence[str] | None,
+        config: EditConfig,
+        **options: Any,
+    ) -> CollatorT:
+        """The collator of an editor: ``edit_repeat``, ``memory_batch_size`` and ``seed`` come from ``config``.
+
+        Args:
+            tokenizer, languages, memory: As for the constructor.
+            config: The editor's `EditConfig`.
+            **options: The other constructor arguments (``sampling``, ``k``, ``weights``, ``max_length``...).
+        """
+        knobs = {"edit_repeat": config.edit_repeat, "memory_batch_size": config.memory_batch_size, "seed": config.seed}
+        return cls(tokenizer, languages, memory, **knobs, **options)
+
     # ------------------------------------------------------------------ selection (shared with the fast path)
+    record_field = "inputs"  # the record's {language: text} field that must hold every training language
+    translations = "the translations"  # what to add when it does not, for the error
+
     def check(self, record: EditRecord) -> None:
-        """Raise if ``record`` lacks an input in a training language."""
-        missing = [lang for lang in self.languages if lang not in record.inputs]
+        """Raise if ``record`` lacks a text in a training language."""
+        missing = [lang for lang in self.languages if lang not in getattr(record, self.record_field)]
         if missing:
             raise ValueError(
-                f"edit record {record.id!r}: field 'inputs' has no text in training languages {missing}; add the "
-                "translations or leave those languages out of `languages`."
+                f"edit record {record.id!r}: field {self.record_field!r} has no text in training languages {missing}; "
+                f"add {self.translations} or leave those languages out of `languages`."
             )
 
     def step_languages(self, step: int) -> list[str]:
@@ -144,10 +189,10 @@ class MultilingualEditCollator:
         return {**batch, "labels": labels, "edit_mask": edit_mask, "languages": languages}
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        """Collate for ``transformers.Trainer``: features are ``[{"record": EditRecord | dict, "step": int}]``."""
+        """Collate for ``transformers.Trainer``: features are ``[{"record": record or dict, "step": int}]``."""
         if len(features) != 1:
             raise ValueError(
-                f"MultilingualEditCollator builds one edit per batch, got {len(features)} features; set "
+                f"{type(self).__name__} builds one edit per batch, got {len(features)} features; set "
                 "per_device_train_batch_size=1 (one step = one edit batch)."
             )
         feature = features[0]

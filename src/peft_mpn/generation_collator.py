@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from .collator import MultilingualEditCollator, Sampling
+from .collator import MultilingualEditCollator
 from .data.generation import GenerationEditRecord
 
 
@@ -78,8 +78,9 @@ class GenerationEditCollator(MultilingualEditCollator):
         memory: Unrelated texts for the memory loss.
         kind: ``"causal"`` (decoder-only LMs) or ``"seq2seq"`` (encoder-decoder LMs).
         decoder_start_token_id: For ``kind="seq2seq"``, the model's ``config.decoder_start_token_id``.
-        sampling, k, weights, edit_repeat, memory_batch_size, seed: As for `MultilingualEditCollator`.
-        max_length: Token limit per text. An edit longer than this is an error; memory texts are truncated.
+        **options: ``sampling``, ``k``, ``weights``, ``edit_repeat``, ``memory_batch_size``, ``max_length`` and
+            ``seed``, as for `MultilingualEditCollator`. An edit longer than ``max_length`` tokens is an error;
+            memory texts are truncated.
 
     Example:
         >>> collator = GenerationEditCollator(tokenizer, ["en", "fr"], memory=["Water boils at"])  # doctest: +SKIP
@@ -96,28 +97,9 @@ class GenerationEditCollator(MultilingualEditCollator):
         *,
         kind: ModelKind = "causal",
         decoder_start_token_id: int | None = None,
-        sampling: Sampling = "all",
-        k: int | None = None,
-        weights: dict[str, float] | None = None,
-        edit_repeat: int = 8,
-        memory_batch_size: int | None = None,
-        max_length: int = 128,
-        seed: int = 0,
+        **options: Any,
     ) -> None:
-        if isinstance(languages, str):
-            raise TypeError(f"languages must be a list of codes like ['en', 'fr'], not the string {languages!r}.")
-        super().__init__(
-            tokenizer,
-            languages,
-            memory,
-            sampling=sampling,
-            k=k,
-            weights=weights,
-            edit_repeat=edit_repeat,
-            memory_batch_size=memory_batch_size,
-            max_length=max_length,
-            seed=seed,
-        )
+        super().__init__(tokenizer, languages, memory, **options)
         if kind not in ("causal", "seq2seq"):
             raise ValueError(f"GenerationEditCollator kind must be 'causal' or 'seq2seq', not {kind!r}.")
         if kind == "seq2seq" and decoder_start_token_id is None:
@@ -134,6 +116,9 @@ class GenerationEditCollator(MultilingualEditCollator):
         self.pad_id = int(pad) if pad is not None else 0
 
     # ------------------------------------------------------------------ ids
+    record_field = "prompt"
+    translations = "the translations (prompt and target)"
+
     def check(self, record: GenerationEditRecord) -> None:
         """Raise if ``record`` is not a generation record or lacks a training language."""
         if not isinstance(record, GenerationEditRecord):
@@ -141,12 +126,7 @@ class GenerationEditCollator(MultilingualEditCollator):
                 f"expected a GenerationEditRecord (prompt + target), got {type(record).__name__}; build it with "
                 "GenerationEditRecord.from_dict or read_generation_records."
             )
-        missing = [lang for lang in self.languages if lang not in record.prompt]
-        if missing:
-            raise ValueError(
-                f"edit record {record.id!r}: field 'prompt' has no text in training languages {missing}; add the "
-                "translations (prompt and target) or leave those languages out of `languages`."
-            )
+        super().check(record)
 
     def text_ids(self, text: str) -> list[int]:
         """Ids of a text as a causal LM reads it: the tokenizer's leading special tokens, then the text."""
@@ -243,16 +223,6 @@ class GenerationEditCollator(MultilingualEditCollator):
             "decoder_attention_mask": decoder_mask,
             "labels": labels,
         }
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        """Collate for ``transformers.Trainer``: features are ``[{"record": ..., "step": int}]``, one per batch."""
-        if len(features) != 1:
-            raise ValueError(
-                f"GenerationEditCollator builds one edit per batch, got {len(features)} features; set "
-                "per_device_train_batch_size=1 (one step = one edit batch)."
-            )
-        feature = features[0]
-        return self.build(feature["record"], int(feature.get("step", 0)))
 
 
 def leading_special_ids(tokenizer: Any) -> list[int]:

@@ -12,29 +12,19 @@ carries its own leading space where the language puts one (see `GenerationEditCo
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..utils.io import write_jsonl
-from .records import _check_language, _fail, _text_map
+from .validation import field_error, json_object, read_jsonl_records, record_id_of, text_list, text_lists, text_map
 
 
 GENERATION_FIELDS = ("id", "prompt", "target", "rephrases", "locality", "meta")
-
-
-def _target_map(record_id: str, value: Any, known: set[str] | None) -> dict[str, str]:
-    """Targets may start with a space (" Lyon"), so only an empty string is refused, not a blank-led one."""
-    if not isinstance(value, dict) or not value:
-        raise _fail(record_id, "target", "must be a non-empty map from language code to the new answer text.")
-    for lang, text in value.items():
-        _check_language(record_id, "target", lang, known)
-        if not isinstance(text, str) or not text.strip():
-            raise _fail(record_id, "target", f"has an empty or non-text answer for {lang!r}.")
-    return dict(value)
+CLASSIFICATION_HINT = " (classification records use 'inputs' and 'label': read them with read_records)"
 
 
 @dataclass
@@ -90,55 +80,33 @@ class GenerationEditRecord:
                 language without a target.
             TypeError: If ``data`` is not a dict.
         """
-        if not isinstance(data, dict):
-            raise TypeError(f"a generation edit record must be a JSON object, got {type(data).__name__}.")
-        record_id = data.get("id")
-        if not isinstance(record_id, (str, int)) or isinstance(record_id, bool) or str(record_id) == "":
-            raise ValueError(f"edit record {data!r:.80}: field 'id' must be a non-empty string.")
-        record_id = str(record_id)
-        unknown = sorted(set(data) - set(GENERATION_FIELDS))
-        if unknown:
-            hint = " (classification records use 'inputs' and 'label': read them with read_records)"
-            extra = hint if {"inputs", "label"} & set(unknown) else ""
-            raise _fail(
-                record_id,
-                unknown[0],
-                f"is not part of the schema; allowed fields are {list(GENERATION_FIELDS)}{extra}.",
-            )
+        hints = {"inputs": CLASSIFICATION_HINT, "label": CLASSIFICATION_HINT}
+        record_id = record_id_of(data, GENERATION_FIELDS, what="a generation edit record", hints=hints)
         known = set(languages) if languages is not None else None
         if "prompt" not in data:
-            raise _fail(record_id, "prompt", "is missing; give a map from language code to prompt text.")
-        prompt = _text_map(record_id, "prompt", data["prompt"], known)
+            raise field_error(record_id, "prompt", "is missing; give a map from language code to prompt text.")
+        prompt = text_map(record_id, "prompt", data["prompt"], known)
         if "en" not in prompt:
-            raise _fail(record_id, "prompt", "needs an English ('en') prompt: the edit example.")
+            raise field_error(record_id, "prompt", "needs an English ('en') prompt: the edit example.")
         if "target" not in data:
-            raise _fail(record_id, "target", "is missing; give a map from language code to the new answer text.")
-        target = _target_map(record_id, data["target"], known)
+            raise field_error(record_id, "target", "is missing; give a map from language code to the new answer text.")
+        # Targets keep their leading space (" Lyon"); an empty or blank one is refused.
+        target = text_map(record_id, "target", data["target"], known, noun="the new answer text", entry="answer")
         no_target = [lang for lang in prompt if lang not in target]
         if no_target:
-            raise _fail(record_id, "target", f"has no answer for prompt languages {no_target}; add them.")
+            raise field_error(record_id, "target", f"has no answer for prompt languages {no_target}; add them.")
         no_prompt = [lang for lang in target if lang not in prompt]
         if no_prompt:
-            raise _fail(record_id, "target", f"has answers for {no_prompt}, which have no prompt; add the prompts.")
+            problem = f"has answers for {no_prompt}, which have no prompt; add the prompts."
+            raise field_error(record_id, "target", problem)
 
-        rephrases = data.get("rephrases") or {}
-        if not isinstance(rephrases, dict):
-            raise _fail(record_id, "rephrases", "must map language codes to lists of prompts.")
-        for lang, texts in rephrases.items():
-            _check_language(record_id, "rephrases", lang, known)
-            if lang not in target:
-                raise _fail(record_id, "rephrases", f"has prompts in {lang!r}, which has no target; add one.")
-            if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
-                raise _fail(record_id, "rephrases", f"must hold a list of non-empty prompts for {lang!r}.")
-
-        locality = data.get("locality") or []
-        if not isinstance(locality, list) or not all(isinstance(t, str) and t.strip() for t in locality):
-            raise _fail(record_id, "locality", "must be a list of non-empty prompts.")
-
-        meta = data.get("meta") or {}
-        if not isinstance(meta, dict):
-            raise _fail(record_id, "meta", "must be a JSON object.")
-        return cls(record_id, prompt, target, {k: list(v) for k, v in rephrases.items()}, list(locality), dict(meta))
+        rephrases = text_lists(record_id, "rephrases", data.get("rephrases"), known, noun="prompts")
+        untargeted = [lang for lang in rephrases if lang not in target]
+        if untargeted:
+            problem = f"has prompts in {untargeted[0]!r}, which has no target; add one."
+            raise field_error(record_id, "rephrases", problem)
+        locality = text_list(record_id, "locality", data.get("locality"), noun="prompts")
+        return cls(record_id, prompt, target, rephrases, locality, json_object(record_id, "meta", data.get("meta")))
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict, without empty optional fields."""
@@ -155,26 +123,7 @@ def read_generation_records(
         ValueError: With the file and line number, for bad JSON, a bad record or a duplicate id.
         FileNotFoundError: If the file does not exist.
     """
-    path = Path(path)
-    records: list[GenerationEditRecord] = []
-    seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg}).") from exc
-            try:
-                record = GenerationEditRecord.from_dict(data, languages=languages)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: {exc}") from exc
-            if record.id in seen:
-                raise ValueError(f"{path}:{number}: edit record {record.id!r}: field 'id' repeats an earlier id.")
-            seen.add(record.id)
-            records.append(record)
-    return records
+    return read_jsonl_records(path, partial(GenerationEditRecord.from_dict, languages=languages))
 
 
 def write_generation_records(

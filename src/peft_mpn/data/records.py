@@ -8,52 +8,18 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..utils.io import write_jsonl
+from .validation import field_error, json_object, read_jsonl_records, record_id_of, text_list, text_lists, text_map
 
 
-LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 FIELDS = ("id", "inputs", "label", "rephrases", "locality", "neighbours", "negatives", "meta")
-
-
-def _fail(record_id: Any, field_name: str, problem: str) -> ValueError:
-    return ValueError(f"edit record {record_id!r}: field {field_name!r} {problem}")
-
-
-def _check_language(record_id: Any, field_name: str, lang: Any, known: set[str] | None) -> None:
-    if not isinstance(lang, str) or not LANGUAGE_CODE.match(lang):
-        raise _fail(record_id, field_name, f"has {lang!r}, which is not a language code; use ISO codes like 'en'.")
-    if known is not None and lang not in known:
-        raise _fail(record_id, field_name, f"has language {lang!r}, which is not one of {sorted(known)}.")
-
-
-def _text_map(record_id: Any, field_name: str, value: Any, known: set[str] | None) -> dict[str, str]:
-    if not isinstance(value, dict) or not value:
-        raise _fail(record_id, field_name, "must be a non-empty map from language code to text.")
-    for lang, text in value.items():
-        _check_language(record_id, field_name, lang, known)
-        if not isinstance(text, str) or not text.strip():
-            raise _fail(record_id, field_name, f"has an empty or non-text entry for {lang!r}.")
-    return dict(value)
-
-
-def _text_lists(record_id: str, field_name: str, value: Any, known: set[str] | None) -> dict[str, list[str]]:
-    """Validate a ``{language: [text, ...]}`` field."""
-    value = value or {}
-    if not isinstance(value, dict):
-        raise _fail(record_id, field_name, "must map language codes to lists of texts.")
-    for lang, texts in value.items():
-        _check_language(record_id, field_name, lang, known)
-        if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise _fail(record_id, field_name, f"must hold a list of non-empty texts for {lang!r}.")
-    return {lang: list(texts) for lang, texts in value.items()}
 
 
 @dataclass
@@ -94,6 +60,10 @@ class EditRecord:
         """The languages of :attr:`inputs`, in order."""
         return list(self.inputs)
 
+    def text(self, lang: str) -> str:
+        """The input in ``lang`` (the text that joins the memory after the edit)."""
+        return self.inputs[lang]
+
     @classmethod
     def from_dict(
         cls, data: dict[str, Any], *, languages: Iterable[str] | None = None, require_label: bool = True
@@ -110,54 +80,40 @@ class EditRecord:
                 missing English input or a missing label.
             TypeError: If ``data`` is not a dict.
         """
-        if not isinstance(data, dict):
-            raise TypeError(f"an edit record must be a JSON object, got {type(data).__name__}.")
-        record_id = data.get("id")
-        if not isinstance(record_id, (str, int)) or isinstance(record_id, bool) or str(record_id) == "":
-            raise ValueError(f"edit record {data!r:.80}: field 'id' must be a non-empty string.")
-        record_id = str(record_id)
-        unknown = sorted(set(data) - set(FIELDS))
-        if unknown:
-            raise _fail(record_id, unknown[0], f"is not part of the schema; allowed fields are {list(FIELDS)}.")
+        record_id = record_id_of(data, FIELDS)
         known = set(languages) if languages is not None else None
-        inputs = _text_map(record_id, "inputs", data.get("inputs"), known)
+        inputs = text_map(record_id, "inputs", data.get("inputs"), known)
         if "en" not in inputs:
-            raise _fail(record_id, "inputs", "needs an English ('en') text: the edit example.")
+            raise field_error(record_id, "inputs", "needs an English ('en') text: the edit example.")
 
         label = data.get("label")
         if label is None:
             if require_label:
-                raise _fail(record_id, "label", "is missing; classification edits need the class id to edit to.")
+                raise field_error(record_id, "label", "is missing; classification edits need the class id to edit to.")
         elif isinstance(label, bool) or not isinstance(label, int) or label < 0:
-            raise _fail(record_id, "label", f"must be a non-negative int class id, got {label!r}.")
+            raise field_error(record_id, "label", f"must be a non-negative int class id, got {label!r}.")
 
-        rephrases = _text_lists(record_id, "rephrases", data.get("rephrases"), known)
-        negatives = _text_lists(record_id, "negatives", data.get("negatives"), known)
-
-        locality = data.get("locality") or []
-        if not isinstance(locality, list) or not all(isinstance(t, str) and t.strip() for t in locality):
-            raise _fail(record_id, "locality", "must be a list of non-empty texts.")
+        rephrases = text_lists(record_id, "rephrases", data.get("rephrases"), known)
+        negatives = text_lists(record_id, "negatives", data.get("negatives"), known)
+        locality = text_list(record_id, "locality", data.get("locality"))
 
         neighbours = data.get("neighbours") or []
         if not isinstance(neighbours, list):
-            raise _fail(record_id, "neighbours", "must be a list of {'inputs': {...}, 'label': int}.")
+            raise field_error(record_id, "neighbours", "must be a list of {'inputs': {...}, 'label': int}.")
         for item in neighbours:
             if not isinstance(item, dict) or not isinstance(item.get("label"), int):
-                raise _fail(record_id, "neighbours", "entries need 'inputs' (language -> text) and an int 'label'.")
-            _text_map(record_id, "neighbours", item.get("inputs"), known)
-
-        meta = data.get("meta") or {}
-        if not isinstance(meta, dict):
-            raise _fail(record_id, "meta", "must be a JSON object.")
+                message = "entries need 'inputs' (language -> text) and an int 'label'."
+                raise field_error(record_id, "neighbours", message)
+            text_map(record_id, "neighbours", item.get("inputs"), known)
         return cls(
             id=record_id,
             inputs=inputs,
             label=label,
             rephrases=rephrases,
-            locality=list(locality),
+            locality=locality,
             neighbours=list(neighbours),
             negatives=negatives,
-            meta=dict(meta),
+            meta=json_object(record_id, "meta", data.get("meta")),
         )
 
     def negative_texts(self, languages: Iterable[str]) -> list[str]:
@@ -179,25 +135,7 @@ def read_records(
         ValueError: With the file and line number, for bad JSON, a bad record or a duplicate id.
         FileNotFoundError: If the file does not exist.
     """
-    path = Path(path)
-    records, seen = [], set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg}).") from exc
-            try:
-                record = EditRecord.from_dict(data, languages=languages, require_label=require_label)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: {exc}") from exc
-            if record.id in seen:
-                raise ValueError(f"{path}:{number}: edit record {record.id!r}: field 'id' repeats an earlier id.")
-            seen.add(record.id)
-            records.append(record)
-    return records
+    return read_jsonl_records(path, partial(EditRecord.from_dict, languages=languages, require_label=require_label))
 
 
 def write_records(records: Iterable[EditRecord | dict[str, Any]], path: str | os.PathLike) -> Path:
