@@ -1,38 +1,95 @@
-"""Smoke runs of the benchmark scripts at tiny sizes (no timings are asserted)."""
+"""Smoke runs of the benchmark scripts at tiny sizes, in process (no timings are asserted)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_edit_latency_smoke():
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "edit_latency.py"),
-            "--model",
-            "tiny",
-            "--edits",
-            "2",
-            "--memory",
-            "20",
-            "--max-steps",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+def load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (which imports its sibling ``_common``)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_edit_latency_smoke(monkeypatch):
+    bench = load("edit_latency", monkeypatch)
+    argv = "--model tiny --edits 2 --memory 20 --max-steps 5 --full-memory 5,10 --full-steps 2 --check-edits 1"
+    args = bench.parse_args([*argv.split(), "--check-memory", "5"])
+    report = bench.run(args)
+    json.dumps(report)  # JSON-ready
+    assert report["fast"]["edits"] == 2 and report["fast"]["mean_steps"] <= 5 and report["fast"]["median_s"] > 0
+    assert [p["memory_texts"] for p in report["full"]["measured_points"]] == [5, 10]
+    assert report["full"]["measured"] is False and "extrapolated" in report["full"]["note"]
+    assert report["check"]["steps_differ_by_at_most_1"] and report["check"]["same_success"]
+    assert set(report["targets"]) == {
+        "speedup_per_edit_at_least_50x",
+        "fast_median_below_0.1s",
+        "same_success_both_paths",
+    }
+
+
+def test_edit_latency_rejects_bad_arguments(monkeypatch, capsys):
+    bench = load("edit_latency", monkeypatch)
+    for argv, message in (
+        (["--full-steps", "1"], "--full-steps must be at least 2"),
+        (["--memory", "10", "--full-memory", "5,50"], "must not exceed --memory"),
+        (["--edits", "0"], "expected a whole number >= 1"),
+        (["--languages", "fr,de"], "including en"),
+    ):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_inference_overhead_smoke(monkeypatch):
+    bench = load("inference_overhead", monkeypatch)
+    argv = "--model tiny --batch 2 --tokens 8 --patches 0,10 --merged 10 --separate 10 --rounds 2"
+    args = bench.parse_args(argv.split())
+    report = bench.run(args)
+    assert set(report["ratio_vs_base"]) == {"0", "10"} and set(report["merged_ratio_vs_base"]) == {"10"}
+    assert set(report["separate_ratio_vs_base"]) == {"10"}
+    assert report["ideal_ratio"]["0"] == 1.0 and report["ideal_ratio"]["10"] > 1.0
+    assert all(len(v) for v in report["latency"].values())
+
+
+def test_stream_smoke(monkeypatch, tmp_path):
+    bench = load("stream", monkeypatch)
+    plot = tmp_path / "stream.png"
+    args = bench.parse_args(
+        f"--model tiny --edits 6 --memory 20 --locality 10 --max-steps 5 --block 3 --plot {plot}".split()
     )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout[result.stdout.index("{") :])
-    for path in ("fast", "full"):
-        assert report[path]["median_s"] > 0 and report[path]["mean_steps"] <= 5
-    assert report["speedup_per_step"] > 0
+    report = bench.run(args)
+    assert report["records"] == 6 and report["edited"] + report["skipped_already_correct"] == 6
+    assert report["patches"] == report["edited"] and report["adapter_bytes_per_patch"] > 0
+    assert 0.0 <= report["edit_retention"] <= 1.0 and 0.0 <= report["locality"] <= 1.0
+    assert report["peak_rss_mb"] > 0 and plot.stat().st_size > 0
+
+
+def test_scaling_smoke(monkeypatch, tmp_path):
+    bench = load("scaling", monkeypatch)
+    plot = tmp_path / "scaling.png"
+    args = bench.parse_args(
+        f"--model tiny --memory-sizes 10,20 --patch-counts 0,5 --patch-memory 10 --edits 1 --max-steps 3 "
+        f"--plot {plot}".split()
+    )
+    report = bench.run(args)
+    assert [p["memory_texts"] for p in report["memory"]] == [10, 20]
+    assert [p["earlier_patches"] for p in report["patches"]] == [0, 5]
+    assert plot.stat().st_size > 0
+
+
+def test_benchmarks_are_scripts():
+    for name in ("edit_latency", "inference_overhead", "stream", "scaling"):
+        text = (BENCHMARKS / f"{name}.py").read_text()
+        assert 'if __name__ == "__main__":' in text and "from __future__ import annotations" in text

