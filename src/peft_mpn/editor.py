@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .baselines import Strategy, make_strategy
-from .collator import MultilingualEditCollator, Sampling
+from .collator import MultilingualEditCollator, Sampling, training_languages
 from .data.records import EditRecord
 from .fastpath import CachedInputs, FastPathUnsupported, FFNSuffix, MemoryCache, capture_inputs
 from .losses import EditConfig, LossParts, patch_loss
@@ -180,10 +180,7 @@ class MPNEditor(EditStream):
         training_args: dict[str, Any] | None = None,
         **strategy_kwargs: Any,
     ) -> None:
-        if isinstance(languages, str):
-            raise TypeError(f"languages must be a list of codes like ['en', 'fr'], not the string {languages!r}.")
-        if method == "tpatcher":
-            languages = ["en"]
+        languages = training_languages(languages, english_only=method == "tpatcher")
         self.method = method
         self.config = config or EditConfig()
         self.strategy: Strategy = make_strategy(method, model, adapter_name=adapter_name, **strategy_kwargs)
@@ -191,17 +188,8 @@ class MPNEditor(EditStream):
         self.tokenizer = tokenizer
         self.progress = progress
         self.training_args = training_args or {}
-        self.collator = MultilingualEditCollator(
-            tokenizer,
-            languages,
-            memory,
-            sampling=sampling,
-            k=k,
-            weights=weights,
-            edit_repeat=self.config.edit_repeat,
-            memory_batch_size=self.config.memory_batch_size,
-            max_length=max_length,
-            seed=self.config.seed,
+        self.collator = MultilingualEditCollator.for_edits(
+            tokenizer, languages, memory, self.config, sampling=sampling, k=k, weights=weights, max_length=max_length
         )
         self.languages = self.collator.languages
         self.suffix: FFNSuffix | None = None
