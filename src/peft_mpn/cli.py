@@ -122,8 +122,11 @@ def _train_base(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=True,
     )
-    model.save_pretrained(args.output)
-    tokenizer.save_pretrained(args.output)
+    from .utils.io import atomic_directory
+
+    with atomic_directory(args.output) as tmp:  # an interrupted save leaves no half-written model
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     summary = {
         "train_accuracy": info["train_accuracy"],
         "eval_accuracy": info["eval_accuracy"],

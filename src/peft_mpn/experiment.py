@@ -29,7 +29,7 @@ from .config import MPNConfig
 from .data.records import EditRecord
 from .editor import MPNEditor
 from .losses import EditConfig
-from .utils.io import atomic_write_json
+from .utils.io import atomic_directory, atomic_write_json
 
 
 logger = logging.getLogger(__name__)
@@ -162,16 +162,10 @@ def load_or_train_base(
         "seconds": info["seconds"],
         "examples": info["examples"],
     }
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "base_info.json", info)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        import shutil
-
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "base_info.json", info)
     return model.eval(), tokenizer, info
 
 
