@@ -222,7 +222,7 @@ def memory_rows(n, width=16, seed=0):
     return torch.randn(n, width, generator=generator) + 2.0  # a common offset, like real read vectors
 
 
-@pytest.mark.parametrize("phase", ["few", "common", "dense"])
+@pytest.mark.parametrize("phase", ["few", "common", "half", "dense"])
 def test_memory_acts_and_their_gradient_match_plain_autograd(phase):
     """The backward pass that touches few rows gives the gradient of the plain product, in each of its cases."""
     reads = memory_rows(1000)
@@ -242,6 +242,9 @@ def test_memory_acts_and_their_gradient_match_plain_autograd(phase):
     elif phase == "common":
         weights += 0.01
         weights[[7, 8]] += 1.0
+    elif phase == "half":  # many rows share a value, but too many are zero for the common-value shortcut
+        weights[:500] += 0.01
+        weights[3] += 1.0
     else:
         weights = torch.randn(1000, 1, generator=torch.Generator().manual_seed(2))
     got = torch.autograd.grad((acts * weights).sum(), [key, bias])

@@ -284,3 +284,19 @@ def test_trainable_edit_parameters_of_a_plain_model():
     assert values == [] and newest_patch(model) is None
     assert [id(p) for p in keys] == [id(p) for p in model.parameters() if p.requires_grad]
     assert 0 < len(keys) < len(list(model.parameters()))
+
+
+def test_activation_gap_stops_once_the_plateau_is_certain():
+    """A memory loss at the plateau's resolution cannot improve by it again: no need to wait ``patience`` steps."""
+    stopper = PatchEarlyStopping(EditConfig(stop_rule="activation_gap", patience=20))
+    assert not stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=0.02))  # a few inputs above -3, loss > 0
+    assert not stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=2e-4))  # still able to improve by 1e-4
+    assert not stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=1.5e-4))  # not better by 1e-4: stale
+    assert stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=5e-5))  # best <= the resolution: certain
+    assert stopper.stale == 0 and stopper.best_memory == 5e-5  # it stopped without waiting
+    assert not stopper.observe(stats(correct=False, memory=-2.9, memory_loss=0.0))  # never while the edit is wrong
+    t_patcher = PatchEarlyStopping(EditConfig(stop_rule="memory_plateau", patience=3))
+    results = [t_patcher.observe(stats(edit=0.5, memory=-2.9, memory_loss=0.0)) for _ in range(4)]
+    assert results == [False, False, False, True]  # T-Patcher's rule waits the full patience
+    no_memory = PatchEarlyStopping(EditConfig(stop_rule="activation_gap", patience=20))
+    assert not no_memory.observe(stats(edit=-0.5, memory=float("nan"), memory_loss=0.0))  # no memory: edit must fire

@@ -295,6 +295,8 @@ def _rows_product(grad: torch.Tensor, columns: torch.Tensor, total: torch.Tensor
     nonzero = torch.nonzero(g).squeeze(1)
     if nonzero.numel() <= _FEW_ROWS:
         return (columns[:, nonzero] @ g[nonzero]).unsqueeze(0)
+    if g.numel() - nonzero.numel() > _FEW_ROWS:  # the zero rows alone already differ from any common value
+        return (columns @ grad).T
     common = g.median()  # the value of more than half of the rows, when there is one
     differ = torch.nonzero(g != common).squeeze(1)
     if differ.numel() <= _FEW_ROWS:

@@ -45,8 +45,14 @@ class PatchEarlyStopping(TrainerCallback):
     ``"memory_plateau"`` (Transformer-Patcher): every edit example is right and the memory loss has not improved (by
     0.1%) for ``patience`` steps. ``"activation_gap"``: every edit example is right and either the patch already
     separates them from the memory (pre-activation > 0 on every edit example, below ``memory_threshold`` on every
-    memory example, where GELU-like activations are ~0), or the memory loss has reached its plateau as above.
+    memory example, where GELU-like activations are ~0), or the memory loss has reached its plateau as above, or
+    that plateau is certain: a memory loss at or below the plateau's resolution (``1e-4``) can improve by no more
+    than that, so the rule would stop ``patience`` steps later anyway. With a large memory the loss (a mean over
+    every memory input) gets there while a few inputs sit just above the threshold, and the steps spent waiting
+    mostly grow the key, which raises them again.
     """
+
+    resolution = 1e-4  # smallest memory-loss improvement that resets the plateau count
 
     def __init__(self, config: EditConfig) -> None:
         self.config = config
@@ -61,13 +67,15 @@ class PatchEarlyStopping(TrainerCallback):
     def observe(self, stats: StepStats) -> bool:
         """Record a step; returns whether the edit is done.
 
-        The plateau count runs only while the edit is right, so an edit is never stopped at its first right step.
+        The plateau count runs only while the edit is right: steps with a wrong edit example never count.
         """
         self.last = stats
         memory = stats.losses.get("memory", 0.0)
         if not stats.edit_correct:
             self.best_memory, self.stale = math.inf, 0
-        elif self.best_memory == math.inf or memory < self.best_memory - max(1e-4, 1e-3 * abs(self.best_memory)):
+        elif self.best_memory == math.inf or memory < self.best_memory - max(
+            self.resolution, 1e-3 * abs(self.best_memory)
+        ):
             self.best_memory, self.stale = memory, 0
         else:
             self.stale += 1
@@ -83,8 +91,10 @@ class PatchEarlyStopping(TrainerCallback):
         if self.config.stop_rule == "memory_plateau":
             return plateau
         edit_on = math.isnan(stats.activation_edit) or stats.activation_edit > 0
-        memory_off = math.isnan(stats.activation_memory) or stats.activation_memory < self.config.memory_threshold
-        return (edit_on and memory_off) or plateau
+        no_memory = math.isnan(stats.activation_memory)
+        memory_off = no_memory or stats.activation_memory < self.config.memory_threshold
+        certain = not no_memory and self.best_memory <= self.resolution  # no step can count as improving
+        return (edit_on and memory_off) or plateau or certain
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self.done:
