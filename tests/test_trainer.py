@@ -286,15 +286,15 @@ def test_trainable_edit_parameters_of_a_plain_model():
     assert 0 < len(keys) < len(list(model.parameters()))
 
 
-def test_activation_gap_stops_once_the_plateau_is_certain():
-    """A memory loss at the plateau's resolution cannot improve by it again: no need to wait ``patience`` steps."""
+def test_activation_gap_stops_once_the_memory_loss_is_at_its_floor():
+    """A memory loss within the plateau's resolution (1e-4) of 0 cannot improve by it: no need to wait."""
     stopper = PatchEarlyStopping(EditConfig(stop_rule="activation_gap", patience=20))
     assert not stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=0.02))  # a few inputs above -3, loss > 0
-    assert not stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=2e-4))  # still able to improve by 1e-4
-    assert not stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=1.5e-4))  # not better by 1e-4: stale
-    assert stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=5e-5))  # best <= the resolution: certain
-    assert stopper.stale == 0 and stopper.best_memory == 5e-5  # it stopped without waiting
+    assert not stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=1.5e-4))  # above the floor
+    assert stopper.observe(stats(edit=0.5, memory=-2.9, memory_loss=0.9e-4))  # at the floor, although not 1e-4 better
+    assert stopper.stale == 1  # it stopped without waiting for the plateau
     assert not stopper.observe(stats(correct=False, memory=-2.9, memory_loss=0.0))  # never while the edit is wrong
+    assert not stopper.observe(stats(edit=-0.5, memory=-9.0, memory_loss=0.0))  # nor while the patch is silent on it
     t_patcher = PatchEarlyStopping(EditConfig(stop_rule="memory_plateau", patience=3))
     results = [t_patcher.observe(stats(edit=0.5, memory=-2.9, memory_loss=0.0)) for _ in range(4)]
     assert results == [False, False, False, True]  # T-Patcher's rule waits the full patience

@@ -45,9 +45,8 @@ class EditConfig:
         stop_rule: Both rules wait until the edit is right in every training language. ``"memory_plateau"``
             (T-Patcher) then stops once the memory loss has not improved by 0.1% for ``patience`` steps;
             ``"activation_gap"`` stops as soon as the edit pre-activations are above 0 and the memory's below
-            ``memory_threshold`` (where the activation is ~0), or at that plateau, or once the plateau is certain
-            (memory loss <= 1e-4, which no later step can improve on by the 0.1%/1e-4 the plateau counts),
-            whichever comes first.
+            ``memory_threshold`` (where the activation is ~0), or at that plateau, or once the memory loss is at
+            its floor (<= 1e-4, the plateau's resolution), whichever comes first.
         patience: Steps without memory-loss improvement for ``"memory_plateau"``.
         position: Where the patch is read for a classifier: ``"cls"`` (first token, T-Patcher) or ``"all"`` (every
             non-padding token, for mean-pooled classifiers).

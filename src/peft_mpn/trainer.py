@@ -44,12 +44,12 @@ class PatchEarlyStopping(TrainerCallback):
 
     ``"memory_plateau"`` (Transformer-Patcher): every edit example is right and the memory loss has not improved (by
     0.1%) for ``patience`` steps. ``"activation_gap"``: every edit example is right and either the patch already
-    separates them from the memory (pre-activation > 0 on every edit example, below ``memory_threshold`` on every
-    memory example, where GELU-like activations are ~0), or the memory loss has reached its plateau as above, or
-    that plateau is certain: a memory loss at or below the plateau's resolution (``1e-4``) can improve by no more
-    than that, so the rule would stop ``patience`` steps later anyway. With a large memory the loss (a mean over
-    every memory input) gets there while a few inputs sit just above the threshold, and the steps spent waiting
-    mostly grow the key, which raises them again.
+    separates them from the memory (pre-activation > 0 on every edit example, and below ``memory_threshold`` on
+    every memory example, where GELU-like activations are ~0, or a memory loss at its floor), or the memory loss
+    has reached its plateau as above. The floor is a memory loss within the plateau's resolution (``1e-4``) of 0,
+    where no later step can improve it by as much as the plateau counts. With a large memory the loss (a mean over
+    every memory input) gets there while a few inputs sit just above the threshold; waiting ``patience`` more steps
+    then mostly grows the key, which raises them again.
     """
 
     resolution = 1e-4  # smallest memory-loss improvement that resets the plateau count
@@ -93,8 +93,8 @@ class PatchEarlyStopping(TrainerCallback):
         edit_on = math.isnan(stats.activation_edit) or stats.activation_edit > 0
         no_memory = math.isnan(stats.activation_memory)
         memory_off = no_memory or stats.activation_memory < self.config.memory_threshold
-        certain = not no_memory and self.best_memory <= self.resolution  # no step can count as improving
-        return (edit_on and memory_off) or plateau or certain
+        floor = not no_memory and stats.losses.get("memory", math.inf) <= self.resolution
+        return (edit_on and (memory_off or floor)) or plateau
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self.done:
