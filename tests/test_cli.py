@@ -126,6 +126,8 @@ def test_commands_fail_cleanly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--edits", "e.jsonl", "--output", "o", "--sharpness", "0"])
     assert "expected a number > 0" in capsys.readouterr().err
+    assert main(["demo", "--output", str(tmp_path / "d"), "--patience", "-1", "--quiet"]) == 2
+    assert "EditConfig.patience must be an int >= 0" in capsys.readouterr().err
     (tmp_path / "r.json").write_text("{}")
     assert main(["report", "--results", str(tmp_path / "r.json")]) == 2
 
@@ -174,6 +176,8 @@ def test_demo_smoke_on_a_tiny_benchmark(tmp_path, capsys):
             "0",
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--patience",
+            "7",
             "--quiet",
         ]
     )
@@ -185,4 +189,5 @@ def test_demo_smoke_on_a_tiny_benchmark(tmp_path, capsys):
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(results["methods"]) == {"T-Patcher", "MPN"}
     assert results["methods"]["MPN"]["SR"] == 1.0
+    assert results["setup"]["config"]["edit"]["patience"] == 7
     assert main(["report", "--results", str(tmp_path / "demo" / "results.json")]) == 0

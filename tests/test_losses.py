@@ -26,6 +26,8 @@ from peft_mpn.losses import EditConfig, LossParts, activation_loss, edit_loss, m
         ("stop_rule", "never"),
         ("position", "mean"),
         ("memory_batch_size", 0),
+        ("patience", -1),
+        ("patience", 2.5),
     ],
 )
 def test_edit_config_rejects_bad_fields_by_name(field, value):

@@ -415,3 +415,14 @@ def test_several_active_adapters_need_a_name():
         model.add_patch()
     with pytest.raises(ValueError, match="No adapter named 'zzz'"):
         model.add_patch(adapter_name="zzz")
+
+
+def test_patch_blocks_follow_changes_of_the_module_tree():
+    """The MPN layers are looked up once, and again after adapters inject new layers."""
+    model = get_peft_model(make_tiny("bert"), MPNConfig(layers_to_transform=[0]))
+    assert list(model.base_model.patch_blocks("default")) == ["bert.encoder.layer.0"]
+    model.add_adapter("other", MPNConfig(layers_to_transform=[1]))  # wraps the FFN of layer 1 too
+    assert list(model.base_model.patch_blocks("other")) == ["bert.encoder.layer.1"]
+    assert list(model.base_model.patch_blocks("default")) == ["bert.encoder.layer.0"]
+    model.base_model.add_patch(adapter_name="other")
+    assert model.base_model.num_patches("other") == 1 and model.base_model.num_patches("default") == 0

@@ -241,7 +241,7 @@ def _demo(args: argparse.Namespace) -> int:
         sharpness=args.sharpness,
         n_negatives=args.n_negatives,
         seed=args.seed,
-        edit=EditConfig(seed=args.seed),
+        edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
     )
     results = run_experiment(config, args.output, cache_dir=args.cache_dir, progress=not args.quiet)
     print(markdown_table(results))
@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-negatives", type=int, default=3, help="hard negatives per edit and language (0: none)")
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")
+    p.add_argument(
+        "--patience", type=int, default=None, help="plateau steps before an edit stops (default: EditConfig's, 20)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)

@@ -77,6 +77,8 @@ class EditConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"EditConfig.{name} must be > 0, got {value!r}.")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"EditConfig.patience must be an int >= 0 (steps), got {self.patience!r}.")
         for name in ("weight_decay", "max_grad_norm", "activation_weight", "memory_weight", "gap_margin"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EditConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
