@@ -47,7 +47,7 @@ class EditConfig:
             ``"activation_gap"`` stops as soon as the edit pre-activations are above 0 and the memory's below
             ``memory_threshold`` (where the activation is ~0), or at that plateau, or once the memory loss is at
             its floor (<= 1e-4, the plateau's resolution), whichever comes first.
-        patience: Steps without memory-loss improvement for ``"memory_plateau"``.
+        patience: Steps without memory-loss improvement before the plateau stops an edit (both stop rules).
         position: Where the patch is read for a classifier: ``"cls"`` (first token, T-Patcher) or ``"all"`` (every
             non-padding token, for mean-pooled classifiers).
         seed: Seeds the value initialisation and memory sampling.
