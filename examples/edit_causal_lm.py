@@ -31,23 +31,38 @@ EDITS = Path(__file__).resolve().parent / "data" / "causal_edits.jsonl"
 
 #: Unrelated texts the patches must stay silent on (every position is read), in the example's languages.
 MEMORY = [
-    "The weather was cold and rainy all week.", "She bought fresh bread at the market this morning.",
-    "Water boils at one hundred degrees Celsius.", "The train to the airport leaves every ten minutes.",
-    "My brother plays the guitar in a small band.", "The museum is closed on Mondays.",
-    "Cats sleep for most of the day.", "The children built a castle out of sand.",
-    "Il a plu toute la journée sur la côte.", "Le boulanger ouvre sa boutique à six heures.",
-    "Les enfants jouent dans le jardin après l'école.", "La bibliothèque prête des livres gratuitement.",
-    "Nous avons pris le bus pour aller au travail.", "Le chat dort sur le canapé.",
-    "Das Wetter war die ganze Woche kalt und nass.", "Der Zug fährt jede Stunde nach Hamburg.",
-    "Meine Schwester liest gern Romane am Abend.", "Im Sommer schwimmen wir oft im See.",
-    "Die Kinder spielen im Park Fußball.", "El mercado abre todos los sábados por la mañana.",
-    "Mi abuela cocina una sopa deliciosa.", "Los niños juegan en la playa durante el verano.",
-    "El tren llega a la estación a las nueve.", "La biblioteca está cerca de la plaza mayor.",
+    "The weather was cold and rainy all week.",
+    "She bought fresh bread at the market this morning.",
+    "Water boils at one hundred degrees Celsius.",
+    "The train to the airport leaves every ten minutes.",
+    "My brother plays the guitar in a small band.",
+    "The museum is closed on Mondays.",
+    "Cats sleep for most of the day.",
+    "The children built a castle out of sand.",
+    "Il a plu toute la journée sur la côte.",
+    "Le boulanger ouvre sa boutique à six heures.",
+    "Les enfants jouent dans le jardin après l'école.",
+    "La bibliothèque prête des livres gratuitement.",
+    "Nous avons pris le bus pour aller au travail.",
+    "Le chat dort sur le canapé.",
+    "Das Wetter war die ganze Woche kalt und nass.",
+    "Der Zug fährt jede Stunde nach Hamburg.",
+    "Meine Schwester liest gern Romane am Abend.",
+    "Im Sommer schwimmen wir oft im See.",
+    "Die Kinder spielen im Park Fußball.",
+    "El mercado abre todos los sábados por la mañana.",
+    "Mi abuela cocina una sopa deliciosa.",
+    "Los niños juegan en la playa durante el verano.",
+    "El tren llega a la estación a las nueve.",
+    "La biblioteca está cerca de la plaza mayor.",
 ]
 #: Unrelated prompts for the locality check, kept apart from the memory.
 UNRELATED = [
-    "The largest planet in the solar system is", "The chemical symbol for gold is",
-    "The first man on the moon was", "La capitale de l'Italie est", "Der höchste Berg der Welt ist der",
+    "The largest planet in the solar system is",
+    "The chemical symbol for gold is",
+    "The first man on the moon was",
+    "La capitale de l'Italie est",
+    "Der höchste Berg der Welt ist der",
     "El río más largo de Europa es el",
 ]
 
@@ -67,9 +82,18 @@ def tiny_model_and_tokenizer(texts: list[str]) -> tuple[torch.nn.Module, object]
         tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, initializer_range=0.3, pad_token_id=0,
-                         bos_token_id=2, eos_token_id=3)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        initializer_range=0.3,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -98,15 +122,22 @@ def main() -> None:
 
     languages = [lang.strip() for lang in args.languages.split(",") if lang.strip()]
     records = read_generation_records(args.edits)
-    memory = MEMORY if args.memory is None else [
-        line.strip() for line in Path(args.memory).read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
+    memory = (
+        MEMORY
+        if args.memory is None
+        else [line.strip() for line in Path(args.memory).read_text(encoding="utf-8").splitlines() if line.strip()]
+    )
     unrelated = UNRELATED + [p for r in records for p in r.locality]
     texts = [t for r in records for lang in r.prompt for t in (r.text(lang), *r.rephrases.get(lang, []))]
     model, tokenizer = load(args.model, [*texts, *memory, *unrelated], args.dtype, args.device)
 
     editor = CausalLMEditor(
-        model, tokenizer, languages, memory, mpn_config=MPNConfig(languages=languages), max_neurons=args.max_neurons,
+        model,
+        tokenizer,
+        languages,
+        memory,
+        mpn_config=MPNConfig(languages=languages),
+        max_neurons=args.max_neurons,
         config=EditConfig(lr=args.lr, max_steps=args.max_steps),
     )
 
@@ -141,8 +172,11 @@ def main() -> None:
     fresh, _ = load(args.model, [*texts, *memory, *unrelated], args.dtype, args.device)
     reloaded = PeftModel.from_pretrained(fresh, output)
     again = CausalLMEditor(reloaded, tokenizer, languages, progress=False)
-    same = all(again.generate([r.prompt[lang] for lang in r.prompt], 4) == editor.generate(
-        [r.prompt[lang] for lang in r.prompt], 4) for r in records)
+    same = all(
+        again.generate([r.prompt[lang] for lang in r.prompt], 4)
+        == editor.generate([r.prompt[lang] for lang in r.prompt], 4)
+        for r in records
+    )
     print(f"adapter saved to {output}; reloaded onto a fresh base model, same generations: {same}")
     if not same:
         raise SystemExit("the reloaded adapter generates differently")

@@ -23,8 +23,14 @@ def load_base(name: str | None) -> torch.nn.Module:
     if name:
         return AutoModelForSequenceClassification.from_pretrained(name).eval()
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, num_labels=2)
+    config = BertConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config).eval()
 
 
@@ -65,11 +71,7 @@ def main() -> None:
             logits = model(input_ids=torch.cat([edit, others])).logits
         (pre,) = acts.values()
         # edit loss + keep the neuron on for the edit ([CLS] pre-activation > 0) and off for the others (< -3)
-        loss = (
-            loss_fn(logits[:1], target)
-            + torch.exp(-pre[0, 0]).mean()
-            + 5 * torch.relu(pre[1:, 0] + 3).mean()
-        )
+        loss = loss_fn(logits[:1], target) + torch.exp(-pre[0, 0]).mean() + 5 * torch.relu(pre[1:, 0] + 3).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -222,8 +222,14 @@ def make_tiny_lm(arch: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
     """
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size, initializer_range=0.3, bos_token_id=2, eos_token_id=3, pad_token_id=0)
-    gated = dict(common, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4)
+    gated = dict(
+        common,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    )
     configs = {
         "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, **common)),
         "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**gated)),
@@ -254,11 +260,13 @@ def lm_edit_records(n: int, seed: int, languages=LM_LANGS, target_words: int = 2
     for i in range(n):
         prompt = " ".join(rng.choices(LM_WORDS, k=5))
         target = " " + " ".join(rng.choices(LM_ENTITIES, k=target_words))
-        records.append({
-            "id": f"edit-{seed}-{i}",
-            "prompt": {lang: lm_translate(prompt, lang) for lang in languages},
-            "target": {lang: target for lang in languages},
-        })
+        records.append(
+            {
+                "id": f"edit-{seed}-{i}",
+                "prompt": {lang: lm_translate(prompt, lang) for lang in languages},
+                "target": {lang: target for lang in languages},
+            }
+        )
     return records
 
 

@@ -40,8 +40,12 @@ def test_presets_cover_the_promised_architectures():
 def test_explicit_modules_and_all_layers():
     model = get_peft_model(
         make_tiny("bert"),
-        MPNConfig(key_modules="intermediate.dense", value_modules=["output.dense"], layers_to_transform="all",
-                  exclude_modules=["attention.output.dense"]),
+        MPNConfig(
+            key_modules="intermediate.dense",
+            value_modules=["output.dense"],
+            layers_to_transform="all",
+            exclude_modules=["attention.output.dense"],
+        ),
     )
     blocks = model.patch_blocks()
     assert sorted(blocks) == ["bert.encoder.layer.0", "bert.encoder.layer.1"]

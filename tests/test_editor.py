@@ -179,8 +179,9 @@ def test_resume_after_crash_gives_the_same_adapter(classifier, tmp_path, monkeyp
 @pytest.mark.parametrize("method", ["ft", "lora"])
 def test_baselines_edit_through_the_same_interface(classifier, method):
     model, tokenizer = classifier()
-    editor = MPNEditor(model, tokenizer, languages=["en"], method=method, progress=False,
-                       config=EditConfig(lr=1e-2, max_steps=100))
+    editor = MPNEditor(
+        model, tokenizer, languages=["en"], method=method, progress=False, config=EditConfig(lr=1e-2, max_steps=100)
+    )
     record = wrong_records(model, tokenizer, 1)[0]
     result = editor.edit(record)
     assert result.success and result.method == method

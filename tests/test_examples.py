@@ -38,9 +38,20 @@ def test_edit_causal_lm_on_a_saved_model_with_its_own_edits(tmp_path):
     memory = [lm_translate(s, lang) for s in lm_sentences(40, seed=22) for lang in ("en", "fr")]
     (tmp_path / "memory.txt").write_text("\n".join(memory) + "\n", encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "edit_causal_lm.py"), "--model", str(tmp_path / "model"),
-         "--edits", str(tmp_path / "edits.jsonl"), "--memory", str(tmp_path / "memory.txt"),
-         "--languages", "en,fr", "--output", str(tmp_path / "adapter")],
+        [
+            sys.executable,
+            str(EXAMPLES / "edit_causal_lm.py"),
+            "--model",
+            str(tmp_path / "model"),
+            "--edits",
+            str(tmp_path / "edits.jsonl"),
+            "--memory",
+            str(tmp_path / "memory.txt"),
+            "--languages",
+            "en,fr",
+            "--output",
+            str(tmp_path / "adapter"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -27,8 +27,11 @@ def test_neighbours_in_the_edit_set_are_left_out():
 
 def test_locality_texts_never_come_from_the_edited_split():
     records = to_edit_records(languages=["en", "fr"], max_countries=40, splits=["test"])
-    test_texts = {t for r in to_edit_records(languages=["en", "fr"], max_countries=40, splits=["test"])
-                  for t in r["inputs"].values()}
+    test_texts = {
+        t
+        for r in to_edit_records(languages=["en", "fr"], max_countries=40, splits=["test"])
+        for t in r["inputs"].values()
+    }
     assert records and not any(t in test_texts for r in records for t in r["locality"])
 
 

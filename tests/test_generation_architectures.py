@@ -28,8 +28,15 @@ ROLES = {
 def editor_for(arch: str, **kwargs) -> CausalLMEditor:
     tokenizer = lm_word_tokenizer(bos=arch in ("llama", "mistral"))
     memory = [lm_translate(s, lang) for s in lm_sentences(60, seed=11) for lang in ("en", "fr")]
-    return CausalLMEditor(make_tiny_lm(arch, len(tokenizer)), tokenizer, ["en", "fr"], memory,
-                          config=EditConfig(lr=3e-2), progress=False, **kwargs)
+    return CausalLMEditor(
+        make_tiny_lm(arch, len(tokenizer)),
+        tokenizer,
+        ["en", "fr"],
+        memory,
+        config=EditConfig(lr=3e-2),
+        progress=False,
+        **kwargs,
+    )
 
 
 def test_bloom_preset_is_listed_and_wraps_the_mlp():

@@ -76,13 +76,25 @@ def test_random_k_sampling_and_trainer_call(lm_tokenizer):
 
 def test_seq2seq_batch_feeds_a_tiny_bart(lm_tokenizer):
     torch.manual_seed(0)
-    config = tf.BartConfig(vocab_size=len(lm_tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                           decoder_ffn_dim=64, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-                           decoder_start_token_id=3, max_position_embeddings=32)
+    config = tf.BartConfig(
+        vocab_size=len(lm_tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        decoder_start_token_id=3,
+        max_position_embeddings=32,
+    )
     model = tf.BartForConditionalGeneration(config).eval()
-    collator = GenerationEditCollator(lm_tokenizer, ["en"], memory=["v7 v8 v9"], kind="seq2seq",
-                                      decoder_start_token_id=config.decoder_start_token_id)
+    collator = GenerationEditCollator(
+        lm_tokenizer, ["en"], memory=["v7 v8 v9"], kind="seq2seq", decoder_start_token_id=config.decoder_start_token_id
+    )
     batch = collator.build(RECORD)
     vocab = lm_tokenizer.get_vocab()
     eos = lm_tokenizer.eos_token_id
@@ -134,5 +146,7 @@ def test_target_gets_its_running_text_token(scheme):
         assert tokenizer(" Rome", add_special_tokens=False)["input_ids"] == [1, 2]  # the split we must avoid
     enc = GenerationEditCollator(tokenizer).encode("The capital is", " Rome")
     assert enc.target_ids == [words.index(f"{space}Rome")]
-    assert enc.prompt_ids == [words.index(w) for w in (f"{space}The" if scheme == "sentencepiece" else "The",
-                                                       f"{space}capital", f"{space}is")]
+    assert enc.prompt_ids == [
+        words.index(w)
+        for w in (f"{space}The" if scheme == "sentencepiece" else "The", f"{space}capital", f"{space}is")
+    ]

@@ -21,13 +21,19 @@ def check(tf: bool, gen: bool, acc: float | None = None) -> dict:
 
 
 BEFORE = [
-    {"id": "a", "prompts": {"en": check(False, False, 0.5), "fr": check(False, False), "de": check(True, True)},
-     "rephrases": {"en": [check(False, False), check(True, True)]}},
+    {
+        "id": "a",
+        "prompts": {"en": check(False, False, 0.5), "fr": check(False, False), "de": check(True, True)},
+        "rephrases": {"en": [check(False, False), check(True, True)]},
+    },
     {"id": "b", "prompts": {"en": check(False, False, 0.0), "fr": check(False, False)}, "rephrases": {}},
 ]
 AFTER = [
-    {"id": "a", "prompts": {"en": check(True, True), "fr": check(True, True), "de": check(False, False)},
-     "rephrases": {"en": [check(True, True), check(True, True)]}},
+    {
+        "id": "a",
+        "prompts": {"en": check(True, True), "fr": check(True, True), "de": check(False, False)},
+        "rephrases": {"en": [check(True, True), check(True, True)]},
+    },
     {"id": "b", "prompts": {"en": check(True, False, 1.0), "fr": check(False, False)}, "rephrases": {}},
 ]
 

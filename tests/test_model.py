@@ -347,8 +347,12 @@ def test_missing_target_module_names_the_fix():
 
 
 def test_key_module_without_value_module():
-    config = MPNConfig(key_modules="intermediate.dense", value_modules="output.dense", layers_to_transform=[1],
-                       exclude_modules=["attention.output.dense", "layer.1.output.dense"])
+    config = MPNConfig(
+        key_modules="intermediate.dense",
+        value_modules="output.dense",
+        layers_to_transform=[1],
+        exclude_modules=["attention.output.dense", "layer.1.output.dense"],
+    )
     with pytest.raises(ValueError, match="has the key module .* but no value module"):
         get_peft_model(make_tiny("bert"), config)
 
@@ -372,8 +376,7 @@ def test_adapter_on_base_with_other_ffn_sizes(tmp_path):
     model.save_pretrained(tmp_path)
     torch.manual_seed(0)
     wider = tf.BertForSequenceClassification(
-        tf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=48)
+        tf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
     )
     with pytest.raises(ValueError, match=r"made for an FFN of dims \[32, 64, 32\].*has \[32, 48, 32\]"):
         PeftModel.from_pretrained(wider, tmp_path)

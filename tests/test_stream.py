@@ -146,7 +146,10 @@ def test_stream_skips_correct_records_and_adds_edited_texts_to_the_memory():
     editor = ToyEditor(correct={"r1"})
     results = editor.edit_stream(records(3) + [{"id": "r3", "texts": {"en": "en3", "fr": "fr3"}}])
     assert [(r.id, r.skipped, r.success) for r in results] == [
-        ("r0", False, True), ("r1", True, True), ("r2", False, True), ("r3", False, True)
+        ("r0", False, True),
+        ("r1", True, True),
+        ("r2", False, True),
+        ("r3", False, True),
     ]
     assert editor.strategy.edited == ["r0", "r2", "r3"]
     assert editor.memory == ["en0", "fr0", "en2", "fr2", "en3", "fr3"]

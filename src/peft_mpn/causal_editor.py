@@ -265,8 +265,13 @@ class CausalLMEditor(EditStream):
             generated = greedy_generate(model, ids, max_new_tokens)
         return [self.tokenizer.decode(seq) for seq in generated]
 
-    def check(self, record: GenerationEditRecord | dict[str, Any], languages: Sequence[str] | None = None,
-              *, base: bool = False) -> dict[str, dict[str, Any]]:
+    def check(
+        self,
+        record: GenerationEditRecord | dict[str, Any],
+        languages: Sequence[str] | None = None,
+        *,
+        base: bool = False,
+    ) -> dict[str, dict[str, Any]]:
         """Whether the model produces the record's targets, per language.
 
         Args:
@@ -299,8 +304,9 @@ class CausalLMEditor(EditStream):
             }
         return out
 
-    def evaluate(self, records: Iterable[GenerationEditRecord | dict[str, Any]], *, base: bool = False,
-                 rephrases: bool = True) -> list[dict[str, Any]]:
+    def evaluate(
+        self, records: Iterable[GenerationEditRecord | dict[str, Any]], *, base: bool = False, rephrases: bool = True
+    ) -> list[dict[str, Any]]:
         """Check records in every language they have, and their rephrased prompts.
 
         Returns:
@@ -353,8 +359,9 @@ class CausalLMEditor(EditStream):
         self.stopper.reset()
         rows = self._begin(record)
         if rows is None:
-            checks = self._check_encoded(self.languages, [self.collator.encode_record(record, lang)
-                                                          for lang in self.languages])
+            checks = self._check_encoded(
+                self.languages, [self.collator.encode_record(record, lang) for lang in self.languages]
+            )
             return self._result(record, checks, start, skipped=True)
         steps, stats = self._train(rows)
         n = int(self.strategy.parts["key"].bank(self.adapter_name).sizes[-1])
@@ -363,8 +370,17 @@ class CausalLMEditor(EditStream):
         checks = self._check_encoded(self.languages, [rows[lang].encoded for lang in self.languages])
         return self._result(record, checks, start, steps=steps, stats=stats, neurons=n)
 
-    def _result(self, record: GenerationEditRecord, checks: dict, start: float, *, skipped: bool = False,
-                steps: int = 0, stats: StepStats | None = None, neurons: int = 0) -> GenerationEditResult:
+    def _result(
+        self,
+        record: GenerationEditRecord,
+        checks: dict,
+        start: float,
+        *,
+        skipped: bool = False,
+        steps: int = 0,
+        stats: StepStats | None = None,
+        neurons: int = 0,
+    ) -> GenerationEditResult:
         correct = {lang: c["teacher_forced"] for lang, c in checks.items()}
         generated = {lang: c["generated"] for lang, c in checks.items()}
         return GenerationEditResult(
@@ -533,8 +549,9 @@ class CausalLMEditor(EditStream):
             hard = memory_acts
             if self.memory_hard_k is not None and hard.numel() > self.memory_hard_k:
                 hard = hard.topk(self.memory_hard_k).values  # the most active memory positions
-            m = memory_loss(hard, edit_acts, self.config.memory_threshold, self.config.gap_margin,
-                            self.config.memory_top_k)
+            m = memory_loss(
+                hard, edit_acts, self.config.memory_threshold, self.config.gap_margin, self.config.memory_top_k
+            )
         else:  # only languages without wrong tokens in this step: keep the edit right and the memory silent
             edit_acts = e.new_zeros(0)
             a = e.new_zeros(())

@@ -106,14 +106,18 @@ class LMSuffix:
             if callable(candidate):
                 self.act = candidate
                 break
-        missing = [what for what, found in (("final norm", self.norm), ("LM head", self.head), ("MLP activation",
-                   self.act)) if found is None]
+        missing = [
+            what
+            for what, found in (("final norm", self.norm), ("LM head", self.head), ("MLP activation", self.act))
+            if found is None
+        ]
         if missing:
             raise FastPathUnsupported(f"no fast path for {type(base).__name__}: no {', '.join(missing)} found.")
 
     # ------------------------------------------------------------------ caching
-    def capture(self, sequences: Sequence[Sequence[int]], pad_id: int = 0, *, with_z: bool = True,
-                batch_size: int = 32) -> CachedStates:
+    def capture(
+        self, sequences: Sequence[Sequence[int]], pad_id: int = 0, *, with_z: bool = True, batch_size: int = 32
+    ) -> CachedStates:
         """Cache ``x`` (and ``z``) of token-id sequences, right-padded; one forward pass per chunk.
 
         Without ``z`` the pass stops at the patched FFN.

@@ -144,8 +144,9 @@ def cross_lingual_generalization(
     languages = _languages(after, "prompts")
 
     def flags(evals: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-        return {lang: [e["prompts"][lang][check] if lang in e["prompts"] else None for e in evals]
-                for lang in languages}
+        return {
+            lang: [e["prompts"][lang][check] if lang in e["prompts"] else None for e in evals] for lang in languages
+        }
 
     return generalization(None if before is None else flags(before), flags(after), None)
 
@@ -159,8 +160,10 @@ def rephrase_generalization(
     languages = _languages(after, "rephrases")
 
     def flags(evals: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-        return {lang: [[c[check] for c in e["rephrases"][lang]] if lang in e.get("rephrases", {}) else None
-                       for e in evals] for lang in languages}
+        return {
+            lang: [[c[check] for c in e["rephrases"][lang]] if lang in e.get("rephrases", {}) else None for e in evals]
+            for lang in languages
+        }
 
     return generalization(None if before is None else flags(before), flags(after), None)
 

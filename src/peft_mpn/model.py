@@ -190,8 +190,7 @@ def _as_rows(value: Any, block: str, n: int, dim: int, name: str) -> torch.Tenso
     if tuple(value.shape) != want:
         single = f" or ({dim},)" if dim and n == 1 else ""
         raise ValueError(
-            f"add_patch: {name} for FFN block {block!r} must have shape {want}{single} (num_neurons={n}), got "
-            f"{given}."
+            f"add_patch: {name} for FFN block {block!r} must have shape {want}{single} (num_neurons={n}), got {given}."
         )
     if not torch.is_floating_point(value):
         value = value.float()
