@@ -47,8 +47,10 @@ def _one_thread() -> Iterator[None]:
     """Run small work (a fast edit: one record's forward pass, then small steps) on one intra-op thread.
 
     With ``OMP_WAIT_POLICY=PASSIVE`` each multi-threaded operation first wakes the sleeping threads, which costs
-    more than a second thread saves on operations this small (measured on 2 cores: encoding one record 27 ms on
-    one thread against 35 ms on two, and a step ~15% faster). The setting is restored afterwards.
+    more than a second thread saves on operations this small (measured on 2 cores: a step ~15% faster on one
+    thread; encoding one record 27 ms on one thread against 35 ms on two). On an idle host two threads encode one
+    record ~10% faster (23 against 26 ms), but with the other core busy ~30% slower (30 against 23 ms): one thread
+    is the choice that does not depend on the neighbours. The setting is restored afterwards.
     """
     threads = torch.get_num_threads()
     if threads == 1:
