@@ -155,8 +155,9 @@ def test_save_load_round_trip_and_load_classifier_any(tmp_path, tokenizer):
         expected = model(**batch).logits
         assert torch.equal(loaded(**batch).logits, expected)
         assert torch.equal(anyway(**batch).logits, expected)
+    assert load_classifier_any(tmp_path / "mean").config.num_labels == 3  # num_labels=None: as saved
     with pytest.raises(ValueError, match="num_labels=3"):
-        load_classifier_any(tmp_path / "mean")  # saved with 3 labels, 2 asked for
+        load_classifier_any(tmp_path / "mean", num_labels=2)  # saved with 3 labels, 2 asked for
 
     torch.manual_seed(0)
     tf.BertForSequenceClassification(tiny_config()).save_pretrained(tmp_path / "cls")

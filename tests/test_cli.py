@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -114,6 +115,28 @@ def test_edit_and_evaluate_commands(classifier, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["accuracy_before"]["en"] == 0.0  # every record was wrong before
     assert report["accuracy_after"]["en"] == 1.0
+
+
+def test_edit_loads_a_saved_classifier_with_its_own_labels(classifier, tmp_path, capsys):
+    from peft_mpn.classifier import MeanPoolingClassifier
+
+    base, tokenizer = classifier()
+    config = copy.deepcopy(base.config)
+    config.num_labels, config.id2label, config.label2id = 3, {0: "a", 1: "b", 2: "c"}, {"a": 0, "b": 1, "c": 2}
+    torch.manual_seed(0)
+    MeanPoolingClassifier(config).save_pretrained(tmp_path / "three")
+    tokenizer.save_pretrained(tmp_path / "three")
+    write_records([{"id": "r0", "inputs": {"en": "w1 w2 w3"}, "label": 2}], tmp_path / "edits.jsonl")
+    command = ["edit", "--model", str(tmp_path / "three"), "--edits", str(tmp_path / "edits.jsonl")]
+    command += ["--languages", "en", "--method", "tpatcher", "--output", str(tmp_path / "run")]
+
+    assert main(command) == 0  # 3 labels, as saved: no flag needed
+    assert json.loads(capsys.readouterr().out)["success_rate"] == 1.0
+    assert main([*command, "--num-labels", "2"]) == 2
+    assert "Pass num_labels=3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*command, "--num-labels", "0"])
+    assert "expected a whole number > 0" in capsys.readouterr().err
 
 
 def test_commands_fail_cleanly(tmp_path, capsys):

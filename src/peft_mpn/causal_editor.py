@@ -96,8 +96,9 @@ class CausalLMEditor(EditStream):
 
     Each edit adds one patch to the last FFN layer with one neuron per wrong target token of the training languages
     (the largest count over languages, capped at ``max_neurons``). The k-th wrong token of each language is
-    assigned to neuron k (later ones to the last neuron), so the English edit and its translations train the same
-    neurons: this is MPN. With ``languages=["en"]`` (or ``method="tpatcher"``) it is Transformer-Patcher's
+    assigned to neuron k; with more wrong tokens than neurons, they are split into ``max_neurons`` runs of
+    consecutive tokens (:func:`assign_neurons`). So the English edit and its translations train the same neurons:
+    this is MPN. With ``languages=["en"]`` (or ``method="tpatcher"``) it is Transformer-Patcher's
     token-level patching. The loss is Transformer-Patcher's:
 
     - edit loss: cross-entropy of the target tokens under teacher forcing, per language (English weighted

@@ -186,7 +186,7 @@ class MeanPoolingClassifier(BertPreTrainedModel):
 
 
 def load_classifier_any(
-    name_or_path: str | os.PathLike[str] | None = None, num_labels: int = 2, **kwargs: Any
+    name_or_path: str | os.PathLike[str] | None = None, num_labels: int | None = None, **kwargs: Any
 ) -> PreTrainedModel:
     """Load a sequence classifier: a saved :class:`MeanPoolingClassifier`, the default e5 model, or any other.
 
@@ -195,7 +195,8 @@ def load_classifier_any(
             by :mod:`peft_mpn.models`) with a new mean-pooling head; a directory whose ``config.json`` lists
             ``"MeanPoolingClassifier"`` in ``architectures`` (written by ``save_pretrained``) for that classifier;
             anything else (a Hub id or a directory) is loaded with ``AutoModelForSequenceClassification``.
-        num_labels: Number of classes of a new head; a saved classifier must have this many.
+        num_labels: Number of classes. ``None`` (default): a saved classifier's own number, and 2 for a new head.
+            A saved :class:`MeanPoolingClassifier` must have this many.
         **kwargs: Passed to ``from_pretrained`` (e.g. ``revision=``, ``local_files_only=``).
 
     Returns:
@@ -206,19 +207,21 @@ def load_classifier_any(
     """
     if models.is_default_model(name_or_path):
         return MeanPoolingClassifier.from_pretrained(
-            models.resolve_model_path(name_or_path), num_labels=num_labels, **kwargs
+            models.resolve_model_path(name_or_path), num_labels=2 if num_labels is None else num_labels, **kwargs
         )
     path = os.fspath(name_or_path)
     config, _ = BertConfig.get_config_dict(path, **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS})
     if _ARCHITECTURE in (config.get("architectures") or []):
         saved = len(config.get("id2label") or {}) or config.get("num_labels", 2)
-        if saved != num_labels:
+        if num_labels is not None and saved != num_labels:
             raise ValueError(
                 f"{path} is a MeanPoolingClassifier with {saved} labels, but num_labels={num_labels} was asked for. "
                 f"Pass num_labels={saved} to load it."
             )
         return MeanPoolingClassifier.from_pretrained(path, **kwargs)
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ validation

@@ -41,6 +41,16 @@ def _positive(value: str) -> float:
     return number
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, e.g. 3, got {value!r}")
+    return number
+
+
 def _fail(command: str, message: str) -> int:
     print(f"peft-mpn {command}: {message}", file=sys.stderr)
     return 2
@@ -137,11 +147,11 @@ def _train_base(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(name: str | None):
+def _load_model(name: str | None, num_labels: int | None = None):
     from .classifier import load_classifier_any
     from .models import load_tokenizer
 
-    return load_classifier_any(name).eval(), load_tokenizer(name)
+    return load_classifier_any(name, num_labels=num_labels).eval(), load_tokenizer(name)
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -150,7 +160,7 @@ def _edit(args: argparse.Namespace) -> int:
     from .losses import EditConfig
 
     records = peft_mpn.read_records(args.edits)[: args.limit]
-    model, tokenizer = _load_model(args.model)
+    model, tokenizer = _load_model(args.model, args.num_labels)
     memory = [r["text"] for r in _read_examples(args.memory)] if args.memory else []
     editor = peft_mpn.MPNEditor(
         model,
@@ -188,7 +198,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .classifier import predict
 
     records = peft_mpn.read_records(args.edits)[: args.limit]
-    model, tokenizer = _load_model(args.model)
+    model, tokenizer = _load_model(args.model, args.num_labels)
     languages = args.languages or sorted({lang for r in records for lang in r.inputs})
     texts = {lang: [r.inputs.get(lang, "") for r in records] for lang in languages}
     before = {lang: _maybe_predict(lambda t: predict(model, tokenizer, t), t) for lang, t in texts.items()}
@@ -270,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"peft-mpn {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    labels_help = "classes of the classifier (default: a saved classifier's own, 2 for a new head)"
     model_help = "base model: a hub id or local path (default: the offline multilingual-e5-small)"
 
     p = _sub(commands, "inspect", "summarise an MPN adapter directory", "peft-mpn inspect run/adapter")
@@ -300,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="append", help="JSONL to report accuracy on (repeatable)")
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--output", required=True)
-    p.add_argument("--num-labels", type=int, default=2)
+    p.add_argument("--num-labels", type=_positive_int, default=2)
     p.add_argument("--train-layers", type=int, default=1, help="top transformer layers trained with the head")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
@@ -319,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", help='JSONL of {"text", "label"} the patches must stay silent on')
     p.add_argument("--output", required=True, help="gets adapter/, results.json and a resumable checkpoint/")
     p.add_argument("--limit", type=int, default=None, help="edit only the first N records")
+    p.add_argument("--num-labels", type=_positive_int, default=None, help=labels_help)
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--seed", type=int, default=0)
@@ -335,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edits", required=True)
     p.add_argument("--languages", type=_csv, default=None)
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--num-labels", type=_positive_int, default=None, help=labels_help)
     p.set_defaults(func=_evaluate)
 
     p = _sub(
