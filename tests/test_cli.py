@@ -153,6 +153,10 @@ def test_commands_fail_cleanly(tmp_path, capsys):
     assert "EditConfig.patience must be an int >= 0" in capsys.readouterr().err
     (tmp_path / "r.json").write_text("{}")
     assert main(["report", "--results", str(tmp_path / "r.json")]) == 2
+    capsys.readouterr()
+    assert main(["train-base", "--train", str(tmp_path / "r.json"), "--output", str(tmp_path)]) == 2
+    assert "holds other files" in capsys.readouterr().err  # refused before training; nothing deleted
+    assert (tmp_path / "r.json").exists() and (tmp_path / "bad.jsonl").exists()
 
 
 def test_build_benchmark_command(tmp_path, capsys):

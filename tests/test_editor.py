@@ -213,6 +213,18 @@ def test_bad_records_get_clear_errors(classifier, data, match):
         editor.edit(data)
 
 
+def test_label_outside_the_classes_and_a_record_of_another_type(classifier):
+    editor, _ = make_editor(classifier)
+    record = {"id": "a", "inputs": {lang: "w1" for lang in editor.languages}, "label": 5}
+    with pytest.raises(ValueError, match=r"field 'label' = 5 is not a class of the model \(num_labels=2\)"):
+        editor.edit(record)
+    with pytest.raises(ValueError, match="'label' = 5"):  # the stream checks every record before the first edit
+        editor.edit_stream([{**record, "id": "ok", "label": 1}, record])
+    assert editor.model.num_patches() == 0
+    with pytest.raises(TypeError, match="must be an EditRecord or a dict"):
+        editor.edit("w1 w2")
+
+
 def test_record_missing_a_training_language(classifier):
     editor, _ = make_editor(classifier)
     with pytest.raises(ValueError, match=r"record 'a': field 'inputs' has no text in training languages \['de'\]"):

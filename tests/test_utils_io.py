@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from peft_mpn.utils.io import atomic_directory
+from peft_mpn.utils.io import atomic_directory, check_replaceable
 
 
 def test_atomic_directory_replaces_the_old_one(tmp_path):
@@ -26,3 +26,25 @@ def test_atomic_directory_keeps_the_old_one_on_failure(tmp_path):
         raise RuntimeError("crash mid-save")
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_atomic_directory_with_a_marker_never_deletes_other_files(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="holds other files"), atomic_directory(data, marker="config.json") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert (data / "train.jsonl").read_text() == "{}\n"  # untouched
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        check_replaceable(tmp_path / "afile", "config.json", "--output")
+
+    model = tmp_path / "model"  # an earlier output (it holds the marker), an empty directory, a missing one: replaced
+    model.mkdir()
+    (model / "config.json").write_text("old")
+    (tmp_path / "empty").mkdir()
+    for target in (model, tmp_path / "empty", tmp_path / "new"):
+        with atomic_directory(target, marker="config.json") as tmp:
+            (tmp / "config.json").write_text("new")
+        assert sorted(p.name for p in target.iterdir()) == ["config.json"]
+        assert (target / "config.json").read_text() == "new"

@@ -117,7 +117,9 @@ def _read_examples(path: str) -> list[dict[str, Any]]:
 def _train_base(args: argparse.Namespace) -> int:
     from .classifier import load_classifier_any, train_base_classifier
     from .models import load_tokenizer
+    from .utils.io import atomic_directory, check_replaceable
 
+    check_replaceable(args.output, "config.json", "--output")  # before training, not after
     train = _read_examples(args.train)
     evals = {Path(p).stem: _read_examples(p) for p in args.eval or []}
     tokenizer = load_tokenizer(args.model)
@@ -132,9 +134,7 @@ def _train_base(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=True,
     )
-    from .utils.io import atomic_directory
-
-    with atomic_directory(args.output) as tmp:  # an interrupted save leaves no half-written model
+    with atomic_directory(args.output, "config.json") as tmp:  # an interrupted save leaves no half-written model
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     summary = {

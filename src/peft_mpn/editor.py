@@ -330,13 +330,10 @@ class MPNEditor(EditStream):
         """Edit the model so that ``record`` is predicted as its label; the patch is frozen afterwards.
 
         Raises:
-            ValueError: If the record is invalid or lacks a training language.
+            ValueError: If the record is invalid, lacks a training language, or its label is not a class of the model.
+            TypeError: If ``record`` is neither an ``EditRecord`` nor a dict.
         """
-        if isinstance(record, dict):
-            record = EditRecord.from_dict(record)
-        self.collator.check(record)
-        if record.label is None:
-            raise ValueError(f"edit record {record.id!r}: field 'label' is missing; classification edits need it.")
+        record = self._record(record)
         start = time.perf_counter()
         self.model.eval()
         self.stopper.reset()
@@ -545,9 +542,22 @@ class MPNEditor(EditStream):
     result_class = EditResult
 
     def _record(self, record: EditRecord | dict[str, Any]) -> EditRecord:
-        """The record (parsed from a dict), checked to have an input in every training language."""
+        """The record (parsed from a dict), checked to have an input in every training language and a label that is
+        one of the model's classes."""
+        if not isinstance(record, (EditRecord, dict)):
+            raise TypeError(
+                f"an edit record must be an EditRecord or a dict like one JSONL line, not {type(record).__name__}."
+            )
         record = record if isinstance(record, EditRecord) else EditRecord.from_dict(record)
         self.collator.check(record)
+        if record.label is None:
+            raise ValueError(f"edit record {record.id!r}: field 'label' is missing; classification edits need it.")
+        classes = getattr(getattr(self.model, "config", None), "num_labels", None)
+        if isinstance(classes, int) and not 0 <= record.label < classes:
+            raise ValueError(
+                f"edit record {record.id!r}: field 'label' = {record.label} is not a class of the model "
+                f"(num_labels={classes}); use a label in range({classes}) or a classifier with more labels."
+            )
         return record
 
     def is_correct(self, record: EditRecord) -> bool:

@@ -162,7 +162,7 @@ def load_or_train_base(
         "seconds": info["seconds"],
         "examples": info["examples"],
     }
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, "config.json") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "base_info.json", info)

@@ -63,13 +63,39 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def check_replaceable(path: str | os.PathLike, marker: str | None = None, name: str = "output") -> None:
+    """Raise ``ValueError`` unless :func:`atomic_directory` may replace ``path``.
+
+    ``path`` may be missing, an empty directory, or (with ``marker``) a directory holding that file, i.e. an earlier
+    output of the same kind. Anything else (a file, a directory of other files) would be lost.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a file; pass a directory path (it is created if missing).")
+    if any(path.iterdir()) and (marker is None or not (path / marker).is_file()):
+        raise ValueError(
+            f"{name} {str(path)!r} is a directory that holds other files, which saving here would delete; pass a new "
+            f"or empty directory" + (f" (or an earlier output with {marker})." if marker else ".")
+        )
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
     """Write a directory atomically: fill the yielded temporary sibling, which then replaces ``path``.
 
     On an exception the temporary directory is removed and ``path`` is left as it was.
+
+    Args:
+        path: The directory to write.
+        marker: A file that an earlier output at ``path`` holds (e.g. ``"config.json"``). ``path`` is then replaced
+            only if it is missing, empty or holds ``marker``; otherwise ``ValueError`` (see
+            :func:`check_replaceable`). ``None`` replaces whatever is there.
     """
     path = Path(path)
+    if marker is not None:
+        check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
