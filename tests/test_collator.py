@@ -183,6 +183,14 @@ def test_bad_arguments(tokenizer, kwargs, message):
         MultilingualEditCollator(tokenizer, "fr")
 
 
+def test_memory_must_be_a_list_of_texts(tokenizer):
+    with pytest.raises(TypeError, match=r"not one string; wrap it: memory=\[text\]"):
+        MultilingualEditCollator(tokenizer, ["en"], "hello world")
+    with pytest.raises(TypeError, match=r"memory\[1\] must be a string"):
+        MultilingualEditCollator(tokenizer, ["en"], ["w5", 3])
+    assert MultilingualEditCollator(tokenizer, ["en"], ("w5", "w6")).memory == ["w5", "w6"]
+
+
 def test_record_missing_a_training_language(tokenizer):
     collator = MultilingualEditCollator(tokenizer, ["fr", "de"])
     record = EditRecord(id="no-german", inputs={"en": TEXT, "fr": translate(TEXT, "fr")}, label=0)

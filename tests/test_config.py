@@ -80,6 +80,9 @@ def test_role_and_block_of():
         ({"layers_to_transform": [1.5]}, TypeError, "layers_to_transform"),
         ({"key_modules": 3, "value_modules": "x"}, TypeError, "key_modules"),
         ({"init_value_std": -1.0}, ValueError, "init_value_std"),
+        ({"init_value_std": "0.1"}, ValueError, "init_value_std"),
+        ({"init_key_std": 0.0}, ValueError, "init_key_std"),
+        ({"sharpness": float("nan")}, ValueError, "sharpness"),
     ],
 )
 def test_config_validation(kwargs, error, match):

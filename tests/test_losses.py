@@ -28,6 +28,17 @@ from peft_mpn.losses import EditConfig, LossParts, activation_loss, edit_loss, m
         ("memory_batch_size", 0),
         ("patience", -1),
         ("patience", 2.5),
+        ("max_steps", 2.5),
+        ("edit_repeat", 1.5),
+        ("memory_top_k", 0),
+        ("memory_top_k", -1),
+        ("activation_top_k", 0),
+        ("seed", "x"),
+        ("lr", float("nan")),
+        ("lr", "0.01"),
+        ("value_lr_scale", -1.0),
+        ("value_init_std", -1.0),
+        ("memory_threshold", float("inf")),
     ],
 )
 def test_edit_config_rejects_bad_fields_by_name(field, value):

@@ -89,9 +89,15 @@ class MultilingualEditCollator:
             raise ValueError(f"sampling='weighted' needs weights={{language: weight >= 0}} over {others}.")
         if edit_repeat < 1:
             raise ValueError(f"edit_repeat must be >= 1, got {edit_repeat}.")
+        if isinstance(memory, (str, bytes)):
+            raise TypeError("memory must be a list of texts, not one string; wrap it: memory=[text].")
+        memory = list(memory or [])
+        bad = next((i for i, text in enumerate(memory) if not isinstance(text, str)), None)
+        if bad is not None:
+            raise TypeError(f"memory[{bad}] must be a string (a text), got {memory[bad]!r}.")
         self.tokenizer = tokenizer
         self.languages = languages
-        self.memory = list(memory or [])
+        self.memory = memory
         self.sampling = sampling
         self.k = k
         self.weights = weights or {}

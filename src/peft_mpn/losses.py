@@ -12,6 +12,7 @@ The loss of one training step is
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -73,15 +74,26 @@ class EditConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        positive = {"lr": self.lr, "max_steps": self.max_steps, "edit_repeat": self.edit_repeat}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"EditConfig.{name} must be > 0, got {value!r}.")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
-            raise ValueError(f"EditConfig.patience must be an int >= 0 (steps), got {self.patience!r}.")
-        for name in ("weight_decay", "max_grad_norm", "activation_weight", "memory_weight", "gap_margin"):
-            if getattr(self, name) < 0:
+        for name in ("max_steps", "edit_repeat", "memory_top_k"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("patience", self.patience, 0, "steps")
+        _check_int("seed", self.seed, None)
+        if self.activation_top_k is not None:
+            _check_int("activation_top_k", self.activation_top_k, 1, "or None for all")
+        for name in ("lr", "value_lr_scale"):
+            if _number(name, getattr(self, name)) <= 0:
+                raise ValueError(f"EditConfig.{name} must be > 0, got {getattr(self, name)!r}.")
+        for name in (
+            "weight_decay",
+            "max_grad_norm",
+            "activation_weight",
+            "memory_weight",
+            "gap_margin",
+            "value_init_std",
+        ):
+            if _number(name, getattr(self, name)) < 0:
                 raise ValueError(f"EditConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        _number("memory_threshold", self.memory_threshold)
         if self.stop_rule not in ("activation_gap", "memory_plateau"):
             raise ValueError(
                 f"EditConfig.stop_rule must be 'activation_gap' or 'memory_plateau', not {self.stop_rule!r}."
@@ -94,6 +106,20 @@ class EditConfig:
     def to_dict(self) -> dict:
         """The config as a JSON-ready dict."""
         return asdict(self)
+
+
+def _check_int(name: str, value: object, least: int | None, unit: str = "") -> None:
+    """``ValueError`` naming ``EditConfig.<name>`` unless ``value`` is an int (not a bool) >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+        bound = "" if least is None else f" >= {least}"
+        raise ValueError(f"EditConfig.{name} must be an int{bound}{f' ({unit})' if unit else ''}, got {value!r}.")
+
+
+def _number(name: str, value: object) -> float:
+    """``value`` as a float; ``ValueError`` naming ``EditConfig.<name>`` unless it is a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"EditConfig.{name} must be a finite number, got {value!r}.")
+    return float(value)
 
 
 def _mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
