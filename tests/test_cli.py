@@ -156,6 +156,10 @@ def test_commands_fail_cleanly(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train-base", "--train", str(tmp_path / "r.json"), "--output", str(tmp_path)]) == 2
     assert "holds other files" in capsys.readouterr().err  # refused before training; nothing deleted
+    assert main(["edit", "--edits", str(bad), "--output", str(tmp_path / "r.json")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["edit", "--edits", str(bad), "--output", str(tmp_path / "o"), "--limit", "-1"]) == 2
+    assert "--limit must be >= 0" in capsys.readouterr().err
     assert (tmp_path / "r.json").exists() and (tmp_path / "bad.jsonl").exists()
 
 

@@ -156,6 +156,17 @@ def test_stream_skips_correct_records_and_adds_edited_texts_to_the_memory():
     assert editor.edit_stream(records(2), skip_correct=False)[1].skipped is False
 
 
+def test_stream_checks_its_arguments_before_editing(tmp_path):
+    editor = ToyEditor()
+    for every in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="checkpoint_every must be an int >= 1"):
+            editor.edit_stream(records(2), checkpoint_dir=tmp_path / "ck", checkpoint_every=every)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        editor.edit_stream(records(2), checkpoint_dir=tmp_path / "afile")
+    assert editor.strategy.edited == []  # nothing was edited
+
+
 def test_stream_checkpoints_every_n_edits_and_at_the_end(tmp_path, monkeypatch):
     editor = ToyEditor(correct={"r1"})
     saved = []

@@ -211,13 +211,17 @@ def load_classifier_any(
         )
     path = os.fspath(name_or_path)
     config, _ = BertConfig.get_config_dict(path, **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS})
-    if _ARCHITECTURE in (config.get("architectures") or []):
-        saved = len(config.get("id2label") or {}) or config.get("num_labels", 2)
-        if num_labels is not None and saved != num_labels:
-            raise ValueError(
-                f"{path} is a MeanPoolingClassifier with {saved} labels, but num_labels={num_labels} was asked for. "
-                f"Pass num_labels={saved} to load it."
-            )
+    architectures = config.get("architectures") or []
+    heads = (a for a in architectures if a == _ARCHITECTURE or a.endswith("ForSequenceClassification"))
+    classifier = next(heads, None)
+    saved = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    if classifier and num_labels is not None and saved != num_labels:
+        raise ValueError(
+            f"{path} is a {classifier} with {saved} labels, but num_labels={num_labels} was asked for. "
+            f"Pass num_labels={saved} (or leave it out) to load it; for another number of classes, start from the "
+            "encoder (or the default model) with a new head."
+        )
+    if classifier == _ARCHITECTURE:
         return MeanPoolingClassifier.from_pretrained(path, **kwargs)
     if num_labels is not None:
         kwargs["num_labels"] = num_labels

@@ -159,6 +159,10 @@ def _edit(args: argparse.Namespace) -> int:
 
     from .losses import EditConfig
 
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output!r} is a file; pass a directory (it is created if missing).")
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit must be >= 0 (records), got {args.limit}.")
     records = peft_mpn.read_records(args.edits)[: args.limit]
     model, tokenizer = _load_model(args.model, args.num_labels)
     memory = [r["text"] for r in _read_examples(args.memory)] if args.memory else []

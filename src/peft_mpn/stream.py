@@ -153,9 +153,14 @@ class EditStream(ABC):
             One result per record, in order.
 
         Raises:
-            ValueError: If a record is invalid, record ids repeat, or ``checkpoint_dir`` holds a checkpoint of
-                another kind, method, languages or stream of records.
+            ValueError: If a record is invalid, record ids repeat, ``checkpoint_every`` is not an int >= 1,
+                ``checkpoint_dir`` is a file, or it holds a checkpoint of another kind, method, languages or stream
+                of records.
         """
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            raise ValueError(f"edit_stream: checkpoint_every must be an int >= 1 (edits), got {checkpoint_every!r}.")
+        if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+            raise ValueError(f"edit_stream: checkpoint_dir {os.fspath(checkpoint_dir)!r} is a file; pass a directory.")
         records = [self._record(r) for r in records]
         ids = [r.id for r in records]
         if len(set(ids)) != len(ids):
