@@ -416,7 +416,7 @@ def build_claims(
         Claims sorted by split (in ``split_fractions`` order), country, relation, then true before false.
 
     Raises:
-        ValueError: For an unknown relation, bad split fractions or no language to render.
+        ValueError: For an unknown relation or language, bad split fractions or no language to render.
     """
     unknown = [r for r in relations if r not in RELATIONS]
     if unknown:
@@ -424,6 +424,10 @@ def build_claims(
     fractions = _normalise_fractions(split_fractions)
     renderer = _Renderer(templates if templates is not None else load_templates())
     languages = list(dict.fromkeys(languages))
+    supported = sorted({lang for rel in RELATIONS for lang in renderer.templates.get(rel, {})})
+    unsupported = [lang for lang in languages if lang not in supported]
+    if unsupported:
+        raise ValueError(f"languages {unsupported} have no claim templates; choose from {supported}.")
     rel_langs = {
         rel: [lang for lang in relation_languages(rel, languages) if lang in renderer.templates.get(rel, {})]
         for rel in dict.fromkeys(relations)
