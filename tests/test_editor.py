@@ -174,6 +174,14 @@ def test_resume_after_crash_gives_the_same_adapter(classifier, tmp_path, monkeyp
     other = [records[0], *(EditRecord(f"x{i}", r.inputs, r.label) for i, r in enumerate(records[1:]))]
     with pytest.raises(ValueError, match="another stream of records"):
         make_editor(classifier)[0].edit_stream(other, checkpoint_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=r"other settings \(edit_config.max_steps: 1000 -> 7\)"):
+        make_editor(classifier, config=EditConfig(max_steps=7))[0].edit_stream(
+            records, checkpoint_dir=tmp_path / "run"
+        )
+    model, tokenizer = classifier()
+    sharper = MPNEditor(get_peft_model(model, MPNConfig(task_type="SEQ_CLS", sharpness=5.0)), tokenizer, LANGS)
+    with pytest.raises(ValueError, match=r"sharpness.default: 10.0 -> 5.0"):
+        sharper.edit_stream(records, checkpoint_dir=tmp_path / "run")
 
 
 @pytest.mark.parametrize("method", ["ft", "lora"])

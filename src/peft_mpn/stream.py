@@ -100,6 +100,17 @@ def load_checkpoint(directory: str | os.PathLike, kind: str) -> tuple[dict[str, 
     return state, current / WEIGHTS_DIR
 
 
+def _differences(saved: Any, current: Any, path: str = "") -> list[str]:
+    """``"name: saved -> current"`` for each leaf where two JSON-like values differ."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [
+            line
+            for key in sorted(set(saved) | set(current), key=str)
+            for line in _differences(saved.get(key), current.get(key), f"{path}.{key}" if path else str(key))
+        ]
+    return [] if saved == current else [f"{path or 'settings'}: {saved!r} -> {current!r}"]
+
+
 class EditStream(ABC):
     """Mixin for editors: :meth:`edit_stream`, a resumable sequence of edits, each on top of the earlier ones.
 
@@ -128,6 +139,18 @@ class EditStream(ABC):
     @abstractmethod
     def add_to_memory(self, texts: Sequence[str]) -> None:
         """Add texts that later patches must stay silent on."""
+
+    def stream_settings(self) -> dict[str, Any]:
+        """What shapes every edit besides method and languages: the editor's ``config`` (``to_dict``) and the
+        adapters' ``sharpness``. A checkpoint is resumed only with the same settings (JSON-comparable values)."""
+        settings: dict[str, Any] = {}
+        config = getattr(self, "config", None)
+        if hasattr(config, "to_dict"):
+            settings["edit_config"] = config.to_dict()
+        peft_config = getattr(self.model, "peft_config", None)
+        if isinstance(peft_config, dict):
+            settings["sharpness"] = {name: getattr(c, "sharpness", None) for name, c in sorted(peft_config.items())}
+        return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
     @abstractmethod
     def _record(self, record: Any) -> Any:
@@ -194,6 +217,7 @@ class EditStream(ABC):
             "kind": self.edit_kind,
             "method": self.method,
             "languages": self.languages,
+            "settings": self.stream_settings(),
             "ids": ids,
             "results": [r.to_dict() for r in results],
         }
@@ -209,6 +233,13 @@ class EditStream(ABC):
             raise ValueError(
                 f"checkpoint in {directory} is for method {state.get('method')!r} with languages "
                 f"{state.get('languages')}; use another checkpoint_dir or the same settings."
+            )
+        saved, current = state.get("settings"), self.stream_settings()
+        if saved is not None and saved != current:  # checkpoints written before settings were saved: not checked
+            changed = _differences(saved, current)
+            raise ValueError(
+                f"checkpoint in {directory} was made with other settings ({'; '.join(changed)}); resuming would mix "
+                "edits made two ways. Use the same settings, or another checkpoint_dir."
             )
         done = state["results"]
         if [r["id"] for r in done] != [r.id for r in records][: len(done)]:
