@@ -115,6 +115,9 @@ def test_edit_and_evaluate_commands(classifier, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["accuracy_before"]["en"] == 0.0  # every record was wrong before
     assert report["accuracy_after"]["en"] == 1.0
+    evaluate = ["evaluate", "--model", str(tmp_path / "base"), "--adapter", str(tmp_path / "run" / "adapter")]
+    assert main([*evaluate, "--edits", str(tmp_path / "edits.jsonl"), "--languages", "en,ru"]) == 2
+    assert "--languages ['ru']: no edit record has an input in them" in capsys.readouterr().err
 
 
 def test_edit_loads_a_saved_classifier_with_its_own_labels(classifier, tmp_path, capsys):

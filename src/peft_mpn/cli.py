@@ -200,10 +200,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from . import metrics
     from .classifier import predict
+    from .report import jsonable
 
     records = peft_mpn.read_records(args.edits)[: args.limit]
+    present = sorted({lang for r in records for lang in r.inputs})
+    missing = [lang for lang in args.languages or [] if lang not in present]
+    if missing:
+        raise ValueError(f"--languages {missing}: no edit record has an input in them; the records have {present}.")
     model, tokenizer = _load_model(args.model, args.num_labels)
-    languages = args.languages or sorted({lang for r in records for lang in r.inputs})
+    languages = args.languages or present
     texts = {lang: [r.inputs.get(lang, "") for r in records] for lang in languages}
     before = {lang: _maybe_predict(lambda t: predict(model, tokenizer, t), t) for lang, t in texts.items()}
     edited = PeftModel.from_pretrained(model, args.adapter).eval()
@@ -214,7 +219,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "accuracy_after": {lang: metrics.accuracy(after[lang], labels) for lang in languages},
         "generalization": metrics.generalization(before, after, labels),
     }
-    print(json.dumps(report, indent=2))
+    print(json.dumps(jsonable(report), indent=2, allow_nan=False))  # strict JSON: a ratio of nothing is null
     return 0
 
 

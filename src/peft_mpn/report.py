@@ -211,7 +211,7 @@ def _setup_lines(results: Mapping[str, Any]) -> list[str]:
     lines = []
     setup = results.get("setup") or {}
     for key, value in setup.items() if isinstance(setup, Mapping) else []:
-        text = json.dumps(_jsonable(value), ensure_ascii=False) if isinstance(value, (Mapping, list)) else str(value)
+        text = json.dumps(jsonable(value), ensure_ascii=False) if isinstance(value, (Mapping, list)) else str(value)
         lines.append(f"- **{key}**: `{text}`" if key == "command" else f"- **{key}**: {text}")
     train = ", ".join(results.get("train_languages") or []) or MISSING
     heldout = ", ".join(results.get("heldout_languages") or []) or MISSING
@@ -238,14 +238,14 @@ def _markdown_report(results: Mapping[str, Any], png_name: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- JSON
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Strict-JSON data: ``nan``/``inf`` become ``None``, paths strings, tuples and sets lists."""
     if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
+        return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     if isinstance(value, (set, frozenset)):
-        return [_jsonable(item) for item in sorted(value, key=str)]
+        return [jsonable(item) for item in sorted(value, key=str)]
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
@@ -253,9 +253,9 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if hasattr(value, "item"):  # numpy / torch scalars
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if hasattr(value, "to_dict"):  # EditResult
-        return _jsonable(value.to_dict())
+        return jsonable(value.to_dict())
     return str(value)
 
 
@@ -348,7 +348,7 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike, *, plot
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "report.md"}
-    atomic_write_text(paths["json"], json.dumps(_jsonable(results), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(paths["json"], json.dumps(jsonable(results), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(paths["markdown"], _markdown_report(results, "report.png" if plot else None))
     if plot:
         try:
