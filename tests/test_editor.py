@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers as tf
 from peft import get_peft_model
 
 from conftest import synthetic_texts, translate
@@ -231,6 +232,16 @@ def test_label_outside_the_classes_and_a_record_of_another_type(classifier):
     assert editor.model.num_patches() == 0
     with pytest.raises(TypeError, match="must be an EditRecord or a dict"):
         editor.edit("w1 w2")
+
+
+def test_a_model_that_is_not_a_classifier_is_refused():
+    from conftest import make_tiny
+
+    with pytest.raises(TypeError, match="is a causal LM: use peft_mpn.CausalLMEditor"):
+        MPNEditor(make_tiny("gpt2"), None)
+    bare = tf.BertModel(tf.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2))
+    with pytest.raises(TypeError, match="MPNEditor edits sequence classifiers .* got BertModel"):
+        MPNEditor(bare, None)
 
 
 def test_record_missing_a_training_language(classifier):

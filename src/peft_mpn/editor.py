@@ -42,6 +42,21 @@ from .trainer import (
 logger = logging.getLogger(__name__)
 
 
+def _check_classifier(model: nn.Module) -> None:
+    """``TypeError`` unless ``model`` (or the model inside a PEFT wrapper) is a sequence classifier."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = type(base).__name__
+    if hasattr(base, "classify_hidden") or name.endswith("ForSequenceClassification"):
+        return
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        raise TypeError(f"MPNEditor edits sequence classifiers; {name} is a causal LM: use peft_mpn.CausalLMEditor.")
+    raise TypeError(
+        f"MPNEditor edits sequence classifiers (a *ForSequenceClassification model or peft_mpn's "
+        f"MeanPoolingClassifier); got {name}. Load it with AutoModelForSequenceClassification or "
+        "peft_mpn.classifier.load_classifier_any."
+    )
+
+
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     """Run small work (a fast edit: one record's forward pass, then small steps) on one intra-op thread.
@@ -182,6 +197,7 @@ class MPNEditor(EditStream):
         training_args: dict[str, Any] | None = None,
         **strategy_kwargs: Any,
     ) -> None:
+        _check_classifier(model)
         languages = training_languages(languages, english_only=method == "tpatcher")
         self.method = method
         self.config = config or EditConfig()
