@@ -260,6 +260,9 @@ def test_bad_arguments():
         build_claims(split_fractions={"train": 0.5, "test": 0.2})
     with pytest.raises(ValueError, match="unknown relations"):
         build_claims(relations=["anthem"])
+    for bad in (0, -2, 2.5):
+        with pytest.raises(ValueError, match="max_countries must be an int >= 1"):
+            build_claims(max_countries=bad)
     with pytest.raises(ValueError, match="no relation"):
         build_claims(languages=["bg"], relations=["capital"])  # capitals come in the 7 world-countries languages
     with pytest.raises(ValueError, match=r"languages \['xx'\] have no claim templates; choose from \['ar', "):

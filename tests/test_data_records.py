@@ -88,6 +88,8 @@ def test_from_dict_does_not_alias_the_input():
         ({"neighbours": {"inputs": {"en": "x"}, "label": 1}}, "neighbours", "must be a list"),
         ({"neighbours": [{"inputs": {"en": "x"}}]}, "neighbours", "int 'label'"),
         ({"neighbours": ["x"]}, "neighbours", "int 'label'"),
+        ({"neighbours": [{"inputs": {"en": "x"}, "label": True}]}, "neighbours", "non-negative int 'label'"),
+        ({"neighbours": [{"inputs": {"en": "x"}, "label": -3}]}, "neighbours", "non-negative int 'label'"),
         ({"neighbours": [{"inputs": {}, "label": 1}]}, "neighbours", "non-empty map"),
         ({"meta": ["capital"]}, "meta", "JSON object"),
     ],

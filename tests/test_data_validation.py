@@ -27,7 +27,7 @@ def test_record_id_of_checks_type_id_and_fields():
     assert record_id_of({"id": 7, "a": 1}, ("id", "a")) == "7"
     with pytest.raises(TypeError, match="a toy record must be a JSON object, got list"):
         record_id_of(["x"], ("id",), what="a toy record")
-    for bad in (None, "", True, 1.5):
+    for bad in (None, "", " ", True, 1.5):
         with pytest.raises(ValueError, match="field 'id' must be a non-empty string"):
             record_id_of({"id": bad}, ("id",))
     with pytest.raises(ValueError, match=r"field 'b' is not part of the schema; allowed fields are \['id', 'a'\]\.$"):

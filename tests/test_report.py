@@ -130,6 +130,8 @@ def test_markdown_rows_columns_and_heldout_marking(results, tmp_path):
         markdown_table(results, "some")
     with pytest.raises(ValueError, match="methods"):
         markdown_table({"train_languages": TRAIN})
+    with pytest.raises(ValueError, match=r"results\['methods'\]\['mpn'\] must be a dict of metrics"):
+        markdown_table({"methods": {"mpn": 1}})
 
     report = write_report(results, tmp_path, plot=False)["markdown"].read_text(encoding="utf-8")
     assert table.strip() in report and fixed.strip() in report

@@ -68,6 +68,9 @@ def _methods(results: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
     methods = results.get("methods") if isinstance(results, Mapping) else None
     if not isinstance(methods, Mapping):
         raise ValueError("results must be a dict with a 'methods' dict: {'methods': {name: summarize(...)}, ...}.")
+    bad = next((name for name, metrics in methods.items() if not isinstance(metrics, Mapping)), None)
+    if bad is not None:
+        raise ValueError(f"results['methods'][{bad!r}] must be a dict of metrics (a summarize(...) result).")
     return methods
 
 

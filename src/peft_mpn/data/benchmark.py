@@ -418,6 +418,10 @@ def build_claims(
     Raises:
         ValueError: For an unknown relation or language, bad split fractions or no language to render.
     """
+    if max_countries is not None and (
+        isinstance(max_countries, bool) or not isinstance(max_countries, int) or max_countries < 1
+    ):
+        raise ValueError(f"max_countries must be an int >= 1 or None (all countries), got {max_countries!r}.")
     unknown = [r for r in relations if r not in RELATIONS]
     if unknown:
         raise ValueError(f"unknown relations {unknown}; choose from {RELATIONS}")

@@ -101,8 +101,9 @@ class EditRecord:
         if not isinstance(neighbours, list):
             raise field_error(record_id, "neighbours", "must be a list of {'inputs': {...}, 'label': int}.")
         for item in neighbours:
-            if not isinstance(item, dict) or not isinstance(item.get("label"), int):
-                message = "entries need 'inputs' (language -> text) and an int 'label'."
+            neighbour_label = item.get("label") if isinstance(item, dict) else None
+            if isinstance(neighbour_label, bool) or not isinstance(neighbour_label, int) or neighbour_label < 0:
+                message = "entries need 'inputs' (language -> text) and a non-negative int 'label' (a class id)."
                 raise field_error(record_id, "neighbours", message)
             text_map(record_id, "neighbours", item.get("inputs"), known)
         return cls(

@@ -45,7 +45,7 @@ def record_id_of(
     if not isinstance(data, dict):
         raise TypeError(f"{what} must be a JSON object, got {type(data).__name__}.")
     record_id = data.get("id")
-    if not isinstance(record_id, (str, int)) or isinstance(record_id, bool) or str(record_id) == "":
+    if not isinstance(record_id, (str, int)) or isinstance(record_id, bool) or not str(record_id).strip():
         raise ValueError(f"edit record {data!r:.80}: field 'id' must be a non-empty string.")
     record_id = str(record_id)
     unknown = sorted(set(data) - set(fields))
