@@ -196,14 +196,15 @@ def load_classifier_any(
             ``"MeanPoolingClassifier"`` in ``architectures`` (written by ``save_pretrained``) for that classifier;
             anything else (a Hub id or a directory) is loaded with ``AutoModelForSequenceClassification``.
         num_labels: Number of classes. ``None`` (default): a saved classifier's own number, and 2 for a new head.
-            A saved :class:`MeanPoolingClassifier` must have this many.
+            A saved sequence classifier (``MeanPoolingClassifier`` or ``*ForSequenceClassification``) must have
+            this many.
         **kwargs: Passed to ``from_pretrained`` (e.g. ``revision=``, ``local_files_only=``).
 
     Returns:
         The model, in eval mode (as ``from_pretrained`` returns it).
 
     Raises:
-        ValueError: A saved :class:`MeanPoolingClassifier` has another number of labels than ``num_labels``.
+        ValueError: A saved sequence classifier has another number of labels than ``num_labels``.
     """
     if models.is_default_model(name_or_path):
         return MeanPoolingClassifier.from_pretrained(
