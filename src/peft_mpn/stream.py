@@ -177,8 +177,8 @@ class EditStream(ABC):
 
         Raises:
             ValueError: If a record is invalid, record ids repeat, ``checkpoint_every`` is not an int >= 1,
-                ``checkpoint_dir`` is a file, or it holds a checkpoint of another kind, method, languages or stream
-                of records.
+                ``checkpoint_dir`` is a file, or it holds a checkpoint of another kind, method, languages,
+                :meth:`stream_settings` or stream of records.
         """
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise ValueError(f"edit_stream: checkpoint_every must be an int >= 1 (edits), got {checkpoint_every!r}.")
