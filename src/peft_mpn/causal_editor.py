@@ -37,6 +37,7 @@ from .generation_metrics import token_accuracy, token_agreement
 from .losses import EditConfig, LossParts, activation_loss, edit_loss, memory_loss
 from .stream import EditStream
 from .trainer import PatchEarlyStopping, StepStats, build_optimizer
+from .utils.checks import is_int
 
 
 logger = logging.getLogger(__name__)
@@ -167,11 +168,9 @@ class CausalLMEditor(EditStream):
     ) -> None:
         if method not in GENERATION_METHODS:
             raise ValueError(f"CausalLMEditor method must be one of {GENERATION_METHODS}, not {method!r}.")
-        if isinstance(max_neurons, bool) or not isinstance(max_neurons, int) or max_neurons < 1:
+        if not is_int(max_neurons, least=1):
             raise ValueError(f"CausalLMEditor max_neurons must be a positive int, got {max_neurons!r}.")
-        if memory_hard_k is not None and (
-            isinstance(memory_hard_k, bool) or not isinstance(memory_hard_k, int) or memory_hard_k < 1
-        ):
+        if memory_hard_k is not None and not is_int(memory_hard_k, least=1):
             raise ValueError(
                 f"CausalLMEditor memory_hard_k must be a positive int or None (every memory position), got "
                 f"{memory_hard_k!r}."

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from peft import PeftConfig
 
 from .registry import MPN
+from .utils.checks import is_real
 
 
 @dataclass(frozen=True)
@@ -174,15 +174,11 @@ class MPNConfig(PeftConfig):
         self.target_modules = _as_list(self.target_modules, "target_modules")
         self.layers_pattern = _as_list(self.layers_pattern, "layers_pattern")
         self._validate_layers()
-
-        def real(value: Any) -> bool:
-            return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-        if not real(self.init_value_std) or self.init_value_std < 0:
+        if not is_real(self.init_value_std) or self.init_value_std < 0:
             raise ValueError(f"MPNConfig.init_value_std must be a number >= 0, got {self.init_value_std!r}.")
-        if self.init_key_std is not None and (not real(self.init_key_std) or self.init_key_std <= 0):
+        if self.init_key_std is not None and (not is_real(self.init_key_std) or self.init_key_std <= 0):
             raise ValueError(f"MPNConfig.init_key_std must be a number > 0 or None, got {self.init_key_std!r}.")
-        if not real(self.sharpness) or self.sharpness <= 0:
+        if not is_real(self.sharpness) or self.sharpness <= 0:
             raise ValueError(
                 f"MPNConfig.sharpness must be a number > 0 (1 is the plain FFN unit); got {self.sharpness!r}."
             )

@@ -12,12 +12,13 @@ The loss of one training step is
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from .utils.checks import is_int, is_real
 
 
 @dataclass
@@ -110,14 +111,14 @@ class EditConfig:
 
 def _check_int(name: str, value: object, least: int | None, unit: str = "") -> None:
     """``ValueError`` naming ``EditConfig.<name>`` unless ``value`` is an int (not a bool) >= ``least``."""
-    if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+    if not is_int(value, least):
         bound = "" if least is None else f" >= {least}"
         raise ValueError(f"EditConfig.{name} must be an int{bound}{f' ({unit})' if unit else ''}, got {value!r}.")
 
 
 def _number(name: str, value: object) -> float:
     """``value`` as a float; ``ValueError`` naming ``EditConfig.<name>`` unless it is a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_real(value):
         raise ValueError(f"EditConfig.{name} must be a finite number, got {value!r}.")
     return float(value)
 

@@ -22,6 +22,7 @@ from .layer import (
     layer_features,
 )
 from .registry import PREFIX
+from .utils.checks import is_int
 
 
 Block = dict[str, MPNLayer]
@@ -380,7 +381,7 @@ class MPNModel(BaseTuner):
         Raises:
             ValueError: If a given tensor has the wrong shape, or ``num_neurons`` < 1.
         """
-        if isinstance(num_neurons, bool) or not isinstance(num_neurons, int) or num_neurons < 1:
+        if not is_int(num_neurons, least=1):
             raise ValueError(f"add_patch: num_neurons must be a positive int, got {num_neurons!r}.")
         adapter = self._adapter(adapter_name)
         config = self.peft_config[adapter]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tqdm.auto import tqdm
 
+from .utils.checks import is_int
 from .utils.io import atomic_write_json
 
 
@@ -180,7 +181,7 @@ class EditStream(ABC):
                 ``checkpoint_dir`` is a file, or it holds a checkpoint of another kind, method, languages,
                 :meth:`stream_settings` or stream of records.
         """
-        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        if not is_int(checkpoint_every, least=1):
             raise ValueError(f"edit_stream: checkpoint_every must be an int >= 1 (edits), got {checkpoint_every!r}.")
         if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
             raise ValueError(f"edit_stream: checkpoint_dir {os.fspath(checkpoint_dir)!r} is a file; pass a directory.")

@@ -39,6 +39,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..utils.checks import is_int
 from .countries import RELATIONS, XNLI_LANGUAGES, Country, Fact, load_countries, relation_languages
 
 
@@ -418,9 +419,7 @@ def build_claims(
     Raises:
         ValueError: For an unknown relation or language, bad split fractions or no language to render.
     """
-    if max_countries is not None and (
-        isinstance(max_countries, bool) or not isinstance(max_countries, int) or max_countries < 1
-    ):
+    if max_countries is not None and not is_int(max_countries, least=1):
         raise ValueError(f"max_countries must be an int >= 1 or None (all countries), got {max_countries!r}.")
     unknown = [r for r in relations if r not in RELATIONS]
     if unknown:

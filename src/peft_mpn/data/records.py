@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..utils.checks import is_int
 from ..utils.io import write_jsonl
 from .validation import field_error, json_object, read_jsonl_records, record_id_of, text_list, text_lists, text_map
 
@@ -90,7 +91,7 @@ class EditRecord:
         if label is None:
             if require_label:
                 raise field_error(record_id, "label", "is missing; classification edits need the class id to edit to.")
-        elif isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        elif not is_int(label, least=0):
             raise field_error(record_id, "label", f"must be a non-negative int class id, got {label!r}.")
 
         rephrases = text_lists(record_id, "rephrases", data.get("rephrases"), known)
@@ -101,8 +102,7 @@ class EditRecord:
         if not isinstance(neighbours, list):
             raise field_error(record_id, "neighbours", "must be a list of {'inputs': {...}, 'label': int}.")
         for item in neighbours:
-            neighbour_label = item.get("label") if isinstance(item, dict) else None
-            if isinstance(neighbour_label, bool) or not isinstance(neighbour_label, int) or neighbour_label < 0:
+            if not isinstance(item, dict) or not is_int(item.get("label"), least=0):
                 message = "entries need 'inputs' (language -> text) and a non-negative int 'label' (a class id)."
                 raise field_error(record_id, "neighbours", message)
             text_map(record_id, "neighbours", item.get("inputs"), known)
