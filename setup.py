@@ -8,7 +8,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "src/peft_mpn/__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "src/peft_mpn/utils/version.py").read_text()).group(1)
 
 INSTALL_REQUIRES = [
     # torch is installed first by the Makefile (torch==2.13.0, CPU wheel); any 2.x >= 2.1 works.

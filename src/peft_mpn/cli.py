@@ -115,7 +115,7 @@ def _read_examples(path: str) -> list[dict[str, Any]]:
 
 
 def _train_base(args: argparse.Namespace) -> int:
-    from .classifier import load_classifier_any, train_base_classifier
+    from .benchmark.classifier import load_classifier_any, train_base_classifier
     from .models import load_tokenizer
     from .utils.io import atomic_directory, check_replaceable
 
@@ -148,7 +148,7 @@ def _train_base(args: argparse.Namespace) -> int:
 
 
 def _load_model(name: str | None, num_labels: int | None = None):
-    from .classifier import load_classifier_any
+    from .benchmark.classifier import load_classifier_any
     from .models import load_tokenizer
 
     return load_classifier_any(name, num_labels=num_labels).eval(), load_tokenizer(name)
@@ -157,7 +157,7 @@ def _load_model(name: str | None, num_labels: int | None = None):
 def _edit(args: argparse.Namespace) -> int:
     import peft_mpn
 
-    from .losses import EditConfig
+    from .editing.losses import EditConfig
 
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise ValueError(f"--output {args.output!r} is a file; pass a directory (it is created if missing).")
@@ -198,9 +198,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     import peft_mpn
 
-    from . import metrics
-    from .classifier import predict
-    from .report import jsonable
+    from .benchmark.classifier import predict
+    from .benchmark.report import jsonable
+    from .editing import metrics
 
     records = peft_mpn.read_records(args.edits)[: args.limit]
     present = sorted({lang for r in records for lang in r.inputs})
@@ -230,7 +230,7 @@ def _maybe_predict(predict, texts: list[str]) -> list[int | None]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import markdown_table, write_report
+    from .benchmark.report import markdown_table, write_report
 
     results = json.loads(Path(args.results).read_text(encoding="utf-8"))
     if "methods" not in results:
@@ -242,9 +242,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .experiment import ExperimentConfig, run_experiment
-    from .losses import EditConfig
-    from .report import markdown_table
+    from .benchmark.experiment import ExperimentConfig, run_experiment
+    from .benchmark.report import markdown_table
+    from .editing.losses import EditConfig
 
     config = ExperimentConfig(
         model=args.model,

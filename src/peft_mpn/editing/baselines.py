@@ -1,0 +1,279 @@
+"""What an edit changes, per method: MPN patches, or the FT-L and LoRA baselines.
+
+Each strategy prepares the model, says which parameters an edit trains, and saves/loads its edited state. The
+editor (`peft_mpn.editor`) drives all of them the same way, so comparing methods is one argument.
+
+- ``mpn`` / ``tpatcher``: a new patch neuron per edit (MPN trains it on the translations too).
+- ``ft``: FT-L, fine-tune the weights of the patched layer's FFN on the edit examples.
+- ``lora``: one LoRA adapter (peft) on the same FFN projections, trained further on every edit.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..tuner.config import MPNConfig
+from ..tuner.model import plan_blocks
+
+
+METHODS = ("mpn", "tpatcher", "ft", "lora")
+
+
+def _base(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _is_mpn(model: nn.Module) -> bool:
+    return isinstance(model, PeftModel) and all(str(c.peft_type) == "MPN" for c in model.peft_config.values())
+
+
+def locate_ffn(model: nn.Module, config: MPNConfig | None = None) -> tuple[str, dict[str, str]]:
+    """The FFN block an edit targets (by default the last layer's) and its module names by role."""
+    config = config or MPNConfig()
+    base = _base(model)
+    if not config.has_roles:
+        config.apply_preset(getattr(getattr(base, "config", None), "model_type", None))
+    blocks = plan_blocks(config, base)
+    if len(blocks) != 1:
+        raise ValueError(
+            f"the editor edits one FFN block, but the config selects {len(blocks)}: {sorted(blocks)}. Set "
+            "layers_to_transform to a single layer."
+        )
+    block, parts = next(iter(blocks.items()))
+    return block, {role: name for role, (name, _) in parts.items()}
+
+
+def _locate_wrapped_ffn(model: PeftModel) -> tuple[str, dict[str, str]]:
+    """`locate_ffn` for a PeftModel whose FFN projections another tuner (LoRA) wraps already, found by name."""
+    base = model.get_base_model()
+    config = MPNConfig()
+    config.apply_preset(getattr(getattr(base, "config", None), "model_type", None))
+    blocks: dict[str, dict[str, str]] = {}
+    for name, module in base.named_modules():
+        excluded = any(name == x or name.endswith("." + x) for x in config.exclude_modules or [])
+        role = config.role_of(name)
+        if isinstance(module, BaseTunerLayer) and role is not None and not excluded:
+            blocks.setdefault(config.block_of(name), {})[role] = name
+    if len(blocks) != 1 or not {"key", "value"} <= set(next(iter(blocks.values()))):
+        raise ValueError(
+            f"the {type(model).__name__} must wrap the key and value projections of one FFN block, but it wraps "
+            f"{blocks}; pass the plain transformers model instead and let LoRAStrategy wrap it."
+        )
+    return next(iter(blocks.items()))
+
+
+class Strategy(ABC):
+    """Base class: what one editing method changes."""
+
+    name = "base"
+    uses_patch = False
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.block, self.modules = locate_ffn(model)
+
+    @property
+    def key_module(self) -> nn.Module:
+        """The module whose input is the FFN input (for caching)."""
+        return _base(self.model).get_submodule(self.modules["key"])
+
+    @abstractmethod
+    def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
+        """Prepare one edit; returns the parameters to train."""
+
+    @abstractmethod
+    def end(self) -> None:
+        """Finish one edit."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Undo :meth:`begin` for a probe that must leave the model unchanged."""
+
+    def newest_patch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Key weight ``(n, in)`` and bias ``(n,)`` of the patch being trained, if the method has one."""
+        return None
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        """The trained parameters that are patch values (trained at a larger learning rate)."""
+        return []
+
+    @abstractmethod
+    def save(self, directory: str | os.PathLike) -> None:
+        """Save the edited state."""
+
+    @abstractmethod
+    def load(self, directory: str | os.PathLike) -> None:
+        """Restore the edited state saved by :meth:`save`."""
+
+
+class PatchStrategy(Strategy):
+    """MPN and Transformer-Patcher: one new patch neuron per edit, frozen afterwards."""
+
+    name = "mpn"
+    uses_patch = True
+
+    def __init__(self, model: nn.Module, adapter_name: str = "default") -> None:
+        if not _is_mpn(model):
+            raise TypeError(
+                "method='mpn' needs a PeftModel with an MPN adapter: get_peft_model(model, MPNConfig(...)), or pass "
+                "the plain model and let MPNEditor wrap it."
+            )
+        self.model = model
+        self.adapter_name = adapter_name
+        blocks = model.patch_blocks(adapter_name)
+        if len(blocks) != 1:
+            raise ValueError(
+                f"MPNEditor trains one FFN block per patch, but the adapter patches {len(blocks)}: {sorted(blocks)}. "
+                "Use MPNConfig(layers_to_transform=[L]) with a single layer."
+            )
+        self.block, self.parts = next(iter(blocks.items()))
+        self.modules = {}
+
+    @property
+    def key_module(self) -> nn.Module:
+        return self.parts["key"]
+
+    def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + zlib.crc32(record_id.encode()))
+        width = self.parts["value"].out_features
+        value = torch.randn(width, generator=generator) * config.value_init_std / width**0.5
+        h = ffn_input.detach().float()
+        key = h / h.norm().clamp_min(1e-8) ** 2  # Transformer-Patcher: pre-activation 1 on the edit input
+        self.model.add_patch(key=key, bias=0.0, value=value, adapter_name=self.adapter_name)
+        return self.model.patch_parameters(self.adapter_name, newest_only=True)
+
+    def newest_patch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        bank = self.parts["key"].bank(self.adapter_name)
+        if len(bank.weights) == 0:
+            return None
+        return bank.weights[-1], bank.biases[-1]
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        bank = self.parts["value"].bank(self.adapter_name)
+        return list(bank.weights)[-1:]
+
+    def end(self) -> None:
+        self.model.freeze_patches(self.adapter_name)
+
+    def abort(self) -> None:
+        self.model.pop_patch(self.adapter_name)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        self.model.save_pretrained(str(directory), selected_adapters=[self.adapter_name])
+
+    def load(self, directory: str | os.PathLike) -> None:
+        path = Path(directory)
+        if self.adapter_name != "default":
+            path = path / self.adapter_name
+        self.model.load_adapter(str(path), adapter_name=self.adapter_name, is_trainable=True)
+        self.model.set_adapter(self.adapter_name)
+
+
+class FTLStrategy(Strategy):
+    """FT-L: fine-tune the FFN weights of the edited layer (the key and value projections) on the edit."""
+
+    name = "ft"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        base = _base(model)
+        self.params = {
+            f"{name}.{p_name}": p
+            for name in self.modules.values()
+            for p_name, p in base.get_submodule(name).named_parameters()
+        }
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+    def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
+        for p in self.params.values():
+            p.requires_grad_(True)
+        return list(self.params.values())
+
+    def end(self) -> None:
+        for p in self.params.values():
+            p.requires_grad_(False)
+
+    abort = end
+
+    def save(self, directory: str | os.PathLike) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.detach().contiguous() for k, v in self.params.items()}, str(Path(directory) / "ffn.safetensors")
+        )
+
+    def load(self, directory: str | os.PathLike) -> None:
+        saved = load_file(str(Path(directory) / "ffn.safetensors"))
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(saved[name])
+
+
+class LoRAStrategy(Strategy):
+    """LoRA: one peft LoRA adapter on the edited FFN's projections, trained further on every edit."""
+
+    name = "lora"
+
+    def __init__(self, model: nn.Module, lora_config: LoraConfig | None = None) -> None:
+        wrapped = isinstance(model, PeftModel) and not _is_mpn(model)
+        block, modules = _locate_wrapped_ffn(model) if wrapped else locate_ffn(model)
+        if not isinstance(model, PeftModel):
+            config = lora_config or LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0)
+            config.target_modules = sorted(modules.values())
+            model = get_peft_model(model, config)
+        self.model = model
+        self.block, self.modules = block, modules
+
+    @property
+    def key_module(self) -> nn.Module:
+        return self.model.get_base_model().get_submodule(self.modules["key"])
+
+    def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if "lora_" in n and p.requires_grad]
+
+    def end(self) -> None:
+        """Nothing to finish: the same LoRA adapter keeps training on the next edit."""
+
+    def abort(self) -> None:
+        """Nothing to undo: :meth:`begin` changes nothing."""
+
+    def save(self, directory: str | os.PathLike) -> None:
+        self.model.save_pretrained(str(directory))
+
+    def load(self, directory: str | os.PathLike) -> None:
+        self.model.load_adapter(str(directory), adapter_name="default", is_trainable=True)
+        self.model.set_adapter("default")
+
+
+def make_strategy(
+    method: str,
+    model: nn.Module,
+    *,
+    adapter_name: str = "default",
+    mpn_config: MPNConfig | None = None,
+    lora_config: LoraConfig | None = None,
+) -> Strategy:
+    """The strategy of ``method``, wrapping a plain transformers model where the method needs a PEFT model."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}.")
+    if method in ("mpn", "tpatcher"):
+        if not _is_mpn(model):
+            if isinstance(model, PeftModel):
+                raise TypeError(f"method={method!r} needs an MPN adapter, but the PeftModel holds another type.")
+            model = get_peft_model(model, mpn_config or MPNConfig())
+        return PatchStrategy(model, adapter_name)
+    if isinstance(model, PeftModel) and method == "ft":
+        raise TypeError("method='ft' fine-tunes the base model: pass the plain transformers model, not a PeftModel.")
+    if method == "ft":
+        return FTLStrategy(model)
+    return LoRAStrategy(model, lora_config)

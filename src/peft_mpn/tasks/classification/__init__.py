@@ -1,0 +1,1 @@
+"""Classification edits (`MPNEditor`): fix a classifier's label for a text, in every training language."""

@@ -1,0 +1,197 @@
+"""The fast path for generation edits: a last-layer patch of a causal LM trained on cached states.
+
+A patch in the last transformer layer changes only that layer's FFN output, which is added to the residual stream
+and then goes through the final norm and the LM head. Everything else is fixed during an edit, so
+:class:`LMSuffix` caches two tensors per position with one forward pass:
+
+- ``x``, the input of the patched FFN (what the key reads), and
+- ``z``, the input of the final norm (the last layer's output without the new patch),
+
+and each training step computes only ``logits = head(norm(z + V^T act(s (K x + b)) [* (U x + c)] / s))`` at the
+target positions (``s`` is the adapter's ``sharpness``, 1 for the plain FFN unit), and ``K x + b`` at the memory
+positions. `CausalLMEditor` checks this against the full model on its first edit and falls back to the full model
+if they disagree.
+
+Supported: GPT-2, LLaMA, Qwen2, Mistral and BLOOM, and other decoders whose final norm is found by name and whose
+MLP keeps its activation in ``act_fn``, ``act``, ``activation_fn`` or ``gelu_impl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...editing.fastpath import FastPathUnsupported
+from ...tuner.layer import MPNLayer
+from ...tuner.model import layer_index
+from .collator import pad_right
+from .generate import evaluating, model_device
+
+
+FINAL_NORMS = ("model.norm", "transformer.ln_f", "model.final_layernorm", "gpt_neox.final_layer_norm", "norm")
+ACTIVATIONS = ("act_fn", "act", "activation_fn", "gelu_impl", "activation")
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the FFN input is captured."""
+
+
+@dataclass
+class CachedStates:
+    """Cached states of a batch of sequences.
+
+    Attributes:
+        x: ``(batch, tokens, d_in)`` inputs of the patched FFN.
+        z: ``(batch, tokens, d_model)`` inputs of the final norm, or ``None`` (memory texts need only ``x``).
+        mask: ``(batch, tokens)`` attention mask.
+    """
+
+    x: torch.Tensor
+    z: torch.Tensor | None
+    mask: torch.Tensor
+
+
+def _find(module: nn.Module, names: Sequence[str]) -> nn.Module | None:
+    for name in names:
+        with contextlib.suppress(AttributeError):
+            return module.get_submodule(name)
+    return None
+
+
+class LMSuffix:
+    """Runs a causal LM from its last FFN block on cached states.
+
+    Args:
+        model: The ``PeftModel`` whose adapter patches one FFN block.
+        parts: That block's wrappers, ``{"key": MPNLayer, "value": MPNLayer, ("up": MPNLayer)}``.
+        adapter_name: The adapter being edited.
+
+    Raises:
+        FastPathUnsupported: If the patch is not in the last layer, or no final norm, head or activation is found.
+
+    Example:
+        >>> suffix = LMSuffix(peft_model, peft_model.patch_blocks()[block], "default")  # doctest: +SKIP
+        >>> states = suffix.capture([edit.ids])  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, parts: dict[str, MPNLayer], adapter_name: str = "default") -> None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model = model
+        self.parts = parts
+        self.adapter_name = adapter_name
+        key = parts["key"]
+        names = {id(m): n for n, m in base.named_modules()}
+        key_name = names.get(id(key))
+        if key_name is None:
+            raise FastPathUnsupported("the patched key module is not part of the model; pass fast=False.")
+        index = layer_index(key_name)
+        depth = key_name.count(".")
+        indices = {layer_index(n) for n, _ in base.named_modules() if n.count(".") == depth}
+        last = max((i for i in indices if i is not None), default=-1)
+        if index is None or index != last:
+            raise FastPathUnsupported(
+                f"the generation fast path needs the patch in the last layer, but {key_name!r} is not; pass "
+                "fast=False."
+            )
+        self.norm = _find(base, FINAL_NORMS)
+        self.head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+        mlp = base.get_submodule(key_name.rpartition(".")[0])
+        self.act: Callable[[torch.Tensor], torch.Tensor] | None = None
+        for attr in ACTIVATIONS:
+            candidate = getattr(mlp, attr, None)
+            if callable(candidate):
+                self.act = candidate
+                break
+        missing = [
+            what
+            for what, found in (("final norm", self.norm), ("LM head", self.head), ("MLP activation", self.act))
+            if found is None
+        ]
+        if missing:
+            raise FastPathUnsupported(f"no fast path for {type(base).__name__}: no {', '.join(missing)} found.")
+
+    # ------------------------------------------------------------------ caching
+    def capture(
+        self, sequences: Sequence[Sequence[int]], pad_id: int = 0, *, with_z: bool = True, batch_size: int = 32
+    ) -> CachedStates:
+        """Cache ``x`` (and ``z``) of token-id sequences, right-padded; one forward pass per chunk.
+
+        Without ``z`` the pass stops at the patched FFN.
+        """
+        ids, mask = pad_right(sequences, pad_id)
+        device = model_device(self.model)
+        xs: list[torch.Tensor] = []
+        zs: list[torch.Tensor] = []
+
+        def grab_x(_module: nn.Module, args: tuple) -> None:
+            xs.append(args[0].detach())
+            if not with_z:
+                raise _Stop
+
+        def grab_z(_module: nn.Module, args: tuple) -> None:
+            zs.append(args[0].detach())
+
+        handles = [self.parts["key"].register_forward_pre_hook(grab_x)]
+        if with_z:
+            handles.append(self.norm.register_forward_pre_hook(grab_z))
+        try:
+            with evaluating(self.model):
+                for start in range(0, ids.shape[0], batch_size):
+                    with contextlib.suppress(_Stop):
+                        self.model(
+                            input_ids=ids[start : start + batch_size].to(device),
+                            attention_mask=mask[start : start + batch_size].to(device),
+                        )
+        finally:
+            for handle in handles:
+                handle.remove()
+        x = torch.cat(xs) if xs else torch.zeros(0, ids.shape[1], self.parts["key"].in_features)
+        z = torch.cat(zs) if with_z and zs else None
+        return CachedStates(x, z, mask.to(x.device))
+
+    # ------------------------------------------------------------------ the newest patch
+    def newest(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors of the newest patch: ``key``, ``bias``, ``value`` and, for gated MLPs, ``up``,
+        ``up_bias``."""
+        key = self.parts["key"].bank(self.adapter_name)
+        value = self.parts["value"].bank(self.adapter_name)
+        if len(key.weights) == 0:
+            raise ValueError("the newest patch is frozen (or there is none): add_patch() before training it.")
+        tensors = {"key": key.weights[-1], "bias": key.biases[-1], "value": value.weights[-1]}
+        if "up" in self.parts:
+            up = self.parts["up"].bank(self.adapter_name)
+            tensors.update(up=up.weights[-1], up_bias=up.biases[-1])
+        return tensors
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``K x + b`` of the newest patch: ``(..., n)``."""
+        patch = self.newest()
+        return x.to(patch["key"].dtype) @ patch["key"].T + patch["bias"]
+
+    def logits(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits with the newest patch at positions whose states are ``x`` and ``z``, and its pre-activations.
+
+        Args:
+            x: ``(..., d_in)`` FFN inputs.
+            z: ``(..., d_model)`` final-norm inputs without the newest patch.
+
+        Returns:
+            ``(logits (..., vocab), pre-activations (..., n))``.
+        """
+        patch = self.newest()
+        x = x.to(patch["key"].dtype)
+        pre = x @ patch["key"].T + patch["bias"]
+        # a unit is (v / s) * act(s * pre) [* up] with the bank's sharpness s (1 = the plain FFN unit)
+        sharpness = float(getattr(self.parts["key"].bank(self.adapter_name), "sharpness", 1.0))
+        units = self.act(pre * sharpness) if sharpness != 1.0 else self.act(pre)
+        if "up" in patch:
+            units = units * (x @ patch["up"].T + patch["up_bias"])
+        delta = units @ patch["value"]
+        if sharpness != 1.0:
+            delta = delta / sharpness
+        hidden = z + delta.to(z.dtype)
+        return self.head(self.norm(hidden)), pre

@@ -1,0 +1,122 @@
+"""Decoder architectures for generation edits: GPT-2 (Conv1D), LLaMA, Qwen2, Mistral (gated MLP), BLOOM.
+
+For each: the preset finds the FFN, the fast path gives the full model's losses, an edit works, and merging the
+edited adapter is exact (in memory, and into a plain model).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from conftest import LM_ARCHS, lm_edit_records, lm_sentences, lm_translate, lm_word_tokenizer, make_tiny, make_tiny_lm
+from peft_mpn import FFN_PRESETS, CausalLMEditor, EditConfig, LMSuffix, MPNConfig, MPNLayer
+from peft_mpn.editing.fastpath import FastPathUnsupported
+
+
+ROLES = {
+    "gpt2": {"key": "mlp.c_fc", "value": "mlp.c_proj"},
+    "llama": {"key": "mlp.gate_proj", "up": "mlp.up_proj", "value": "mlp.down_proj"},
+    "qwen2": {"key": "mlp.gate_proj", "up": "mlp.up_proj", "value": "mlp.down_proj"},
+    "mistral": {"key": "mlp.gate_proj", "up": "mlp.up_proj", "value": "mlp.down_proj"},
+    "bloom": {"key": "mlp.dense_h_to_4h", "value": "mlp.dense_4h_to_h"},
+}
+
+
+def editor_for(arch: str, **kwargs) -> CausalLMEditor:
+    tokenizer = lm_word_tokenizer(bos=arch in ("llama", "mistral"))
+    memory = [lm_translate(s, lang) for s in lm_sentences(60, seed=11) for lang in ("en", "fr")]
+    return CausalLMEditor(
+        make_tiny_lm(arch, len(tokenizer)),
+        tokenizer,
+        ["en", "fr"],
+        memory,
+        config=EditConfig(lr=3e-2),
+        progress=False,
+        **kwargs,
+    )
+
+
+def test_bloom_preset_is_listed_and_wraps_the_mlp():
+    assert FFN_PRESETS["bloom"].key_modules == ("mlp.dense_h_to_4h",)
+    model = get_peft_model(make_tiny("bloom"), MPNConfig())
+    wrapped = {m.role: n for n, m in model.named_modules() if isinstance(m, MPNLayer)}
+    assert wrapped == {
+        "key": "base_model.model.transformer.h.1.mlp.dense_h_to_4h",
+        "value": "base_model.model.transformer.h.1.mlp.dense_4h_to_h",
+    }
+
+
+@pytest.mark.parametrize("arch", LM_ARCHS)
+def test_fast_path_losses_equal_full_model_losses(arch):
+    record = lm_edit_records(1, seed=12)[0]
+    fast, full = editor_for(arch), editor_for(arch, fast=False)
+    roles = {m.role: n for n, m in fast.model.named_modules() if isinstance(m, MPNLayer)}
+    assert {role: name.split(".")[-2] + "." + name.split(".")[-1] for role, name in roles.items()} == ROLES[arch]
+    assert fast.fast and not full.fast
+    assert fast.initial_losses(record) == pytest.approx(full.initial_losses(record), rel=1e-4, abs=1e-5)
+    assert fast.fast  # the first edit's check against the full model passed
+    assert fast.model.num_patches() == 0  # initial_losses leaves the model as it was
+
+
+@pytest.mark.parametrize("arch", LM_ARCHS)
+def test_edit_then_merge_is_exact(arch):
+    editor = editor_for(arch)
+    record = lm_edit_records(1, seed=13)[0]
+    result = editor.edit(record)
+    assert result.success and result.generated["fr"]
+    model = editor.model
+    ids = torch.tensor([editor.collator.text_ids(p) for p in lm_sentences(4, seed=14, low=6, high=6)])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        model.merge_adapter()
+        assert (model(input_ids=ids).logits - expected).abs().max() <= 1e-5
+        assert editor.generate([record["prompt"]["en"]], 2) == [record["target"]["en"].strip()]
+        model.unmerge_adapter()
+        assert torch.equal(model(input_ids=ids).logits, expected)
+        merged = model.merge_and_unload(uniform_width=False)
+        assert not any(isinstance(m, MPNLayer) for m in merged.modules())
+        assert (merged(input_ids=ids).logits - expected).abs().max() <= 1e-5
+
+
+def test_merged_gpt2_and_llama_reload_as_plain_checkpoints_bloom_says_why_not(tmp_path):
+    for arch in ("gpt2", "llama"):
+        editor = editor_for(arch)
+        assert editor.edit(lm_edit_records(1, seed=15)[0]).success
+        ids = torch.tensor([editor.collator.text_ids("v1 v2 v3 v4")])
+        with torch.no_grad():
+            expected = editor.model(input_ids=ids).logits
+        editor.model.merge_and_unload().save_pretrained(tmp_path / arch)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / arch).eval()
+        with torch.no_grad():
+            assert (reloaded(input_ids=ids).logits - expected).abs().max() <= 1e-5
+    bloom = get_peft_model(make_tiny("bloom"), MPNConfig())
+    bloom.add_patch()
+    with pytest.raises(ValueError, match="uniform_width=False"):
+        bloom.merge_and_unload()
+
+
+@pytest.mark.parametrize("arch", ["mistral", "bloom"])  # LLaMA, GPT-2 and Qwen2: test_generation_editor.py
+def test_adapter_save_load_round_trip(arch, tmp_path):
+    editor = editor_for(arch)
+    record = lm_edit_records(1, seed=16)[0]
+    assert editor.edit(record).success
+    editor.model.save_pretrained(tmp_path)
+    again = PeftModel.from_pretrained(make_tiny_lm(arch, len(editor.tokenizer)), tmp_path)
+    ids = torch.tensor([editor.collator.encode_record(editor._record(record), "fr").ids])
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, editor.model(input_ids=ids).logits, atol=1e-6)
+
+
+def test_suffix_needs_the_last_layer():
+    tokenizer = lm_word_tokenizer()
+    model = get_peft_model(make_tiny_lm("llama", len(tokenizer)), MPNConfig(layers_to_transform=[0]))
+    parts = next(iter(model.patch_blocks().values()))
+    with pytest.raises(FastPathUnsupported, match="last layer"):
+        LMSuffix(model, parts)
+    editor = CausalLMEditor(model, tokenizer, progress=False)  # fast=None: the full model instead
+    assert not editor.fast
+    with pytest.raises(FastPathUnsupported, match="fast=False"):
+        CausalLMEditor(model, tokenizer, fast=True)
