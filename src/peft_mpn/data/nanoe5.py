@@ -44,7 +44,7 @@ import time
 import unicodedata
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -566,8 +566,13 @@ def _temporary_sibling(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _install(tmp: Path, target: Path) -> None:
-    """Move the finished conversion ``tmp`` to ``target``, replacing what is there (restored if the move fails)."""
+def _install(tmp: Path, target: Path, is_complete: Callable[[Path], bool] | None = None) -> None:
+    """Move the finished conversion ``tmp`` to ``target``, replacing what is there (restored if the move fails).
+
+    ``is_complete`` tells whether a directory that a concurrent conversion moved into place first is usable
+    (defaults to the check for the e5 conversion; :mod:`peft_mpn.data.gemma3` passes its own).
+    """
+    is_complete = _is_complete if is_complete is None else is_complete
     tmp.chmod(0o755)  # mkdtemp made it private; the cache holds public weights
     for path in tmp.iterdir():
         path.chmod(0o644)
@@ -582,7 +587,7 @@ def _install(tmp: Path, target: Path) -> None:
             os.replace(old, target)
             old = None
             raise
-        if not _is_complete(target):  # a concurrent conversion that got there first is just as good
+        if not is_complete(target):  # a concurrent conversion that got there first is just as good
             raise
     finally:
         if old is not None:
