@@ -65,6 +65,11 @@ FFN_PRESETS: dict[str, FFNPreset] = {
     "llama": FFNPreset(**_LLAMA_LIKE, width_attr="intermediate_size", bias_attr="mlp_bias"),
     "qwen2": FFNPreset(**_LLAMA_LIKE, width_attr="intermediate_size"),
     "mistral": FFNPreset(**_LLAMA_LIKE, width_attr="intermediate_size"),
+    # Gemma's gated MLPs have no bias option: merge_and_unload(uniform_width=False) merges them in memory only.
+    "gemma": FFNPreset(**_LLAMA_LIKE, width_attr="intermediate_size"),
+    "gemma2": FFNPreset(**_LLAMA_LIKE, width_attr="intermediate_size"),
+    "gemma3_text": FFNPreset(**_LLAMA_LIKE, width_attr="intermediate_size"),
+    "olmo2": FFNPreset(**_LLAMA_LIKE, width_attr="intermediate_size"),
     # BLOOM's FFN width is fixed at 4 * hidden_size (no config attribute), so a merged model stays in memory.
     "bloom": FFNPreset(key_modules=("mlp.dense_h_to_4h",), value_modules=("mlp.dense_4h_to_h",)),
 }
