@@ -182,7 +182,7 @@ _TINY["bloom"] = lambda: tf.BloomForCausalLM(tf.BloomConfig(vocab_size=VOCAB, hi
 LM_WORDS = [f"v{i}" for i in range(48)]  # prompt words, 'translated' with a language suffix
 LM_ENTITIES = [f"E{i}" for i in range(16)]  # names: the same token in every language, like "Lyon"
 LM_LANGS = ("en", "fr", "de")
-LM_ARCHS = ("gpt2", "llama", "qwen2", "mistral", "bloom")
+LM_ARCHS = ("gpt2", "llama", "qwen2", "mistral", "bloom", "gemma", "gemma2", "gemma3_text", "olmo2")
 
 
 def lm_word_tokenizer(bos: bool = True):
@@ -236,8 +236,20 @@ def make_tiny_lm(arch: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
         "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**gated)),
         "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**gated)),
         "bloom": lambda: tf.BloomForCausalLM(tf.BloomConfig(hidden_size=64, n_layer=2, n_head=4, **common)),
+        "gemma": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**gated, head_dim=16)),
+        # Gemma 2 and 3 and OLMo 2 normalise the MLP output before the residual add; Gemma 2 soft-caps its logits.
+        "gemma2": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(**gated, head_dim=16)),
+        "gemma3_text": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**gated, head_dim=16)),
+        "olmo2": lambda: tf.Olmo2ForCausalLM(tf.Olmo2Config(**gated)),
     }
     model = configs[arch]()
+    if arch in ("gemma2", "gemma3_text"):
+        # Gemma's norms scale by (1 + weight), and the weights start at 0. Trained models have large gains after the
+        # MLP (Gemma 3 270M, last layer: 324 on average, so its normalised MLP output is a fifth of the residual
+        # stream); at gain 1 a last-layer patch can barely turn this tiny model's residual stream: no edit succeeds.
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.post_feedforward_layernorm.weight.fill_(2.0)
     emb = model.get_input_embeddings().weight
     with torch.no_grad():
         for i in range(len(LM_WORDS)):

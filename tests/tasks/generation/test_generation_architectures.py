@@ -22,11 +22,15 @@ ROLES = {
     "qwen2": {"key": "mlp.gate_proj", "up": "mlp.up_proj", "value": "mlp.down_proj"},
     "mistral": {"key": "mlp.gate_proj", "up": "mlp.up_proj", "value": "mlp.down_proj"},
     "bloom": {"key": "mlp.dense_h_to_4h", "value": "mlp.dense_4h_to_h"},
+    "gemma": {"key": "mlp.gate_proj", "up": "mlp.up_proj", "value": "mlp.down_proj"},
+    "gemma2": {"key": "mlp.gate_proj", "up": "mlp.up_proj", "value": "mlp.down_proj"},
+    "gemma3_text": {"key": "mlp.gate_proj", "up": "mlp.up_proj", "value": "mlp.down_proj"},
+    "olmo2": {"key": "mlp.gate_proj", "up": "mlp.up_proj", "value": "mlp.down_proj"},
 }
 
 
 def editor_for(arch: str, **kwargs) -> CausalLMEditor:
-    tokenizer = lm_word_tokenizer(bos=arch in ("llama", "mistral"))
+    tokenizer = lm_word_tokenizer(bos=arch in ("llama", "mistral", "gemma", "gemma2", "gemma3_text"))
     memory = [lm_translate(s, lang) for s in lm_sentences(60, seed=11) for lang in ("en", "fr")]
     return CausalLMEditor(
         make_tiny_lm(arch, len(tokenizer)),
@@ -67,6 +71,7 @@ def test_edit_then_merge_is_exact(arch):
     record = lm_edit_records(1, seed=13)[0]
     result = editor.edit(record)
     assert result.success and result.generated["fr"]
+    assert editor.fast and editor.model.num_patches() == 1
     model = editor.model
     ids = torch.tensor([editor.collator.text_ids(p) for p in lm_sentences(4, seed=14, low=6, high=6)])
     with torch.no_grad():
@@ -98,7 +103,7 @@ def test_merged_gpt2_and_llama_reload_as_plain_checkpoints_bloom_says_why_not(tm
         bloom.merge_and_unload()
 
 
-@pytest.mark.parametrize("arch", ["mistral", "bloom"])  # LLaMA, GPT-2 and Qwen2: test_generation_editor.py
+@pytest.mark.parametrize("arch", ["mistral", "bloom", "gemma3_text"])  # LLaMA, GPT-2, Qwen2: test_generation_editor
 def test_adapter_save_load_round_trip(arch, tmp_path):
     editor = editor_for(arch)
     record = lm_edit_records(1, seed=16)[0]
@@ -120,3 +125,25 @@ def test_suffix_needs_the_last_layer():
     assert not editor.fast
     with pytest.raises(FastPathUnsupported, match="fast=False"):
         CausalLMEditor(model, tokenizer, fast=True)
+
+
+def test_gemma3_preset_disable_is_exact_and_a_standard_merge_says_why_not():
+    tokenizer = lm_word_tokenizer()
+    model = get_peft_model(make_tiny_lm("gemma3_text", len(tokenizer)), MPNConfig())
+    wrapped = {
+        m.role: n.removeprefix("base_model.model.model.") for n, m in model.named_modules() if isinstance(m, MPNLayer)
+    }
+    assert wrapped == {
+        "key": "layers.1.mlp.gate_proj",
+        "up": "layers.1.mlp.up_proj",
+        "value": "layers.1.mlp.down_proj",
+    }
+    ids = torch.tensor([[2, 5, 9, 14, 30]])
+    with torch.no_grad():
+        base = model.get_base_model()(input_ids=ids).logits.clone()
+        model.add_patch(2, key=torch.randn(2, 64), bias=0.5, value=torch.randn(2, 64))
+        assert (model(input_ids=ids).logits - base).abs().max() > 1e-3
+        with model.disable_adapter():
+            assert torch.equal(model(input_ids=ids).logits, base)
+    with pytest.raises(ValueError, match="gemma3_text MLPs have no bias.*uniform_width=False"):
+        model.merge_and_unload()

@@ -75,7 +75,8 @@ class _LanguageRows:
     positions: torch.Tensor  # (p,) indices into the target of the positions a neuron must fire at
     neurons: torch.Tensor  # (p,) the neuron of each of those positions
     x: torch.Tensor | None = None  # (t, d_in) fast path: FFN inputs at the target positions
-    z: torch.Tensor | None = None  # (t, d_model) fast path: final-norm inputs there
+    z: torch.Tensor | None = None  # (t, d_model) fast path: final-norm inputs there (see CachedStates)
+    m: torch.Tensor | None = None  # (t, d_model) fast path, post-MLP-norm models: MLP outputs there
 
 
 def assign_neurons(wrong: Sequence[int], n_neurons: int) -> list[int]:
@@ -402,6 +403,7 @@ class CausalLMEditor(Editor):
                 neurons=torch.tensor(assign_neurons(wrong[lang], n), dtype=torch.long, device=hidden.device),
                 x=hidden[row, at],
                 z=states.z[row, at] if self.suffix is not None else None,
+                m=states.m[row, at] if self.suffix is not None and states.m is not None else None,
             )
         keys = []
         for i in range(n):  # neuron i starts at its first position in the first language (English first) it has
@@ -421,7 +423,7 @@ class CausalLMEditor(Editor):
         """Compare the fast path's logits with the full model's once; fall back to the full model if they differ."""
         with torch.no_grad():
             lang = self.languages[0]
-            fast_logits, _ = self.suffix.logits(rows[lang].x, rows[lang].z)
+            fast_logits, _ = self.suffix.logits(rows[lang].x, rows[lang].z, rows[lang].m)
             encoded = rows[lang].encoded
             ids, mask = pad_right([encoded.ids], self.pad_id)
             device = model_device(self.model)
@@ -450,7 +452,8 @@ class CausalLMEditor(Editor):
         if self.suffix is not None:
             x = torch.cat([rows[lang].x for lang in languages])
             z = torch.cat([rows[lang].z for lang in languages])
-            logits, pre = self.suffix.logits(x, z)
+            m = torch.cat([rows[lang].m for lang in languages]) if rows[languages[0]].m is not None else None
+            logits, pre = self.suffix.logits(x, z, m)
             sizes = [len(rows[lang].target) for lang in languages]
             logits_by = dict(zip(languages, logits.split(sizes)))
             pre_by = dict(zip(languages, pre.split(sizes)))

@@ -2,18 +2,27 @@
 
 A patch in the last transformer layer changes only that layer's FFN output, which is added to the residual stream
 and then goes through the final norm and the LM head. Everything else is fixed during an edit, so
-:class:`LMSuffix` caches two tensors per position with one forward pass:
+:class:`LMSuffix` caches a few tensors per position with one forward pass:
 
 - ``x``, the input of the patched FFN (what the key reads), and
 - ``z``, the input of the final norm (the last layer's output without the new patch),
 
-and each training step computes only ``logits = head(norm(z + V^T act(s (K x + b)) [* (U x + c)] / s))`` at the
-target positions (``s`` is the adapter's ``sharpness``, 1 for the plain FFN unit), and ``K x + b`` at the memory
-positions. `CausalLMEditor` checks this against the full model on its first edit and falls back to the full model
-if they disagree.
+and each training step computes only ``logits = head(norm(z + delta))`` with
+``delta = V^T act(s (K x + b)) [* (U x + c)] / s`` at the target positions (``s`` is the adapter's ``sharpness``, 1
+for the plain FFN unit), and ``K x + b`` at the memory positions.
 
-Supported: GPT-2, LLaMA, Qwen2, Mistral and BLOOM, and other decoders whose final norm is found by name and whose
-MLP keeps its activation in ``act_fn``, ``act``, ``activation_fn`` or ``gelu_impl``.
+Architectures that normalise the MLP output before the residual add (Gemma 2 and 3: ``post_feedforward_layernorm``)
+need one more tensor: ``m``, the MLP output without the new patch. Then ``z`` holds the residual stream without the
+MLP's contribution, ``r = z_final - post_norm(m)`` (kept in float32, so that ``r + post_norm(m)`` gives the cached
+``z_final`` back exactly), and a step computes ``head(norm(r + post_norm(m + delta)))``. A final logit soft-cap
+(``config.final_logit_softcapping``, Gemma 2) is applied after the head as the model does.
+
+`CausalLMEditor` checks this against the full model on its first edit and falls back to the full model if they
+disagree.
+
+Supported (each tested against the full model): GPT-2, LLaMA, Qwen2, Mistral, BLOOM, Gemma 3 and Gemma 2, and
+other decoders whose final norm and post-MLP norm (if any) are found by name and whose MLP keeps its activation in
+``act_fn``, ``act``, ``activation_fn`` or ``gelu_impl``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from .generate import evaluating, model_device
 
 FINAL_NORMS = ("model.norm", "transformer.ln_f", "model.final_layernorm", "gpt_neox.final_layer_norm", "norm")
 ACTIVATIONS = ("act_fn", "act", "activation_fn", "gelu_impl", "activation")
+#: Norms that a decoder layer applies to its MLP output before the residual add (Gemma 2 and 3, OLMo 2).
+POST_FFN_NORMS = ("post_feedforward_layernorm",)
 
 
 class _Stop(Exception):
@@ -46,13 +57,17 @@ class CachedStates:
 
     Attributes:
         x: ``(batch, tokens, d_in)`` inputs of the patched FFN.
-        z: ``(batch, tokens, d_model)`` inputs of the final norm, or ``None`` (memory texts need only ``x``).
+        z: ``(batch, tokens, d_model)`` inputs of the final norm, or ``None`` (memory texts need only ``x``). With a
+            post-MLP norm: the residual stream without the MLP's contribution, in float32.
         mask: ``(batch, tokens)`` attention mask.
+        m: ``(batch, tokens, d_model)`` the patched MLP's output without the new patch, where the layer normalises
+            it before the residual add (else ``None``).
     """
 
     x: torch.Tensor
     z: torch.Tensor | None
     mask: torch.Tensor
+    m: torch.Tensor | None = None
 
 
 def _find(module: nn.Module, names: Sequence[str]) -> nn.Module | None:
@@ -99,7 +114,14 @@ class LMSuffix:
             )
         self.norm = _find(base, FINAL_NORMS)
         self.head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-        mlp = base.get_submodule(key_name.rpartition(".")[0])
+        mlp_name = key_name.rpartition(".")[0]
+        mlp = base.get_submodule(mlp_name)
+        layer = base.get_submodule(mlp_name.rpartition(".")[0])
+        self.post_norm: nn.Module | None = next(
+            (getattr(layer, n) for n in POST_FFN_NORMS if isinstance(getattr(layer, n, None), nn.Module)), None
+        )
+        softcap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
+        self.softcap: float | None = float(softcap) if softcap else None
         self.act: Callable[[torch.Tensor], torch.Tensor] | None = None
         for attr in ACTIVATIONS:
             candidate = getattr(mlp, attr, None)
@@ -126,6 +148,7 @@ class LMSuffix:
         device = model_device(self.model)
         xs: list[torch.Tensor] = []
         zs: list[torch.Tensor] = []
+        ms: list[torch.Tensor] = []
 
         def grab_x(_module: nn.Module, args: tuple) -> None:
             xs.append(args[0].detach())
@@ -135,9 +158,14 @@ class LMSuffix:
         def grab_z(_module: nn.Module, args: tuple) -> None:
             zs.append(args[0].detach())
 
+        def grab_m(_module: nn.Module, args: tuple) -> None:
+            ms.append(args[0].detach())
+
         handles = [self.parts["key"].register_forward_pre_hook(grab_x)]
         if with_z:
             handles.append(self.norm.register_forward_pre_hook(grab_z))
+            if self.post_norm is not None:
+                handles.append(self.post_norm.register_forward_pre_hook(grab_m))
         try:
             with evaluating(self.model):
                 for start in range(0, ids.shape[0], batch_size):
@@ -151,7 +179,11 @@ class LMSuffix:
                 handle.remove()
         x = torch.cat(xs) if xs else torch.zeros(0, ids.shape[1], self.parts["key"].in_features)
         z = torch.cat(zs) if with_z and zs else None
-        return CachedStates(x, z, mask.to(x.device))
+        m = torch.cat(ms) if with_z and ms else None
+        if m is not None and z is not None:
+            with torch.no_grad():  # the residual without the MLP's part; float32 so that r + post_norm(m) == z
+                z = z.float() - self.post_norm(m).float()
+        return CachedStates(x, z, mask.to(x.device), m)
 
     # ------------------------------------------------------------------ the newest patch
     def newest(self) -> dict[str, torch.Tensor]:
@@ -172,16 +204,29 @@ class LMSuffix:
         patch = self.newest()
         return x.to(patch["key"].dtype) @ patch["key"].T + patch["bias"]
 
-    def logits(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits with the newest patch at positions whose states are ``x`` and ``z``, and its pre-activations.
+    def logits(
+        self, x: torch.Tensor, z: torch.Tensor, m: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits with the newest patch at positions with states ``x``, ``z`` (and ``m``), and its pre-activations.
 
         Args:
             x: ``(..., d_in)`` FFN inputs.
-            z: ``(..., d_model)`` final-norm inputs without the newest patch.
+            z: ``(..., d_model)`` final-norm inputs without the newest patch; with a post-MLP norm, the residual
+                stream without the MLP's part (:class:`CachedStates`).
+            m: ``(..., d_model)`` the MLP outputs without the newest patch; required exactly when the layer has a
+                post-MLP norm.
 
         Returns:
             ``(logits (..., vocab), pre-activations (..., n))``.
+
+        Raises:
+            ValueError: If ``m`` is missing for a model with a post-MLP norm, or given for one without.
         """
+        if (m is None) != (self.post_norm is None):
+            raise ValueError(
+                "LMSuffix.logits needs m (the cached MLP outputs) exactly when the patched layer has a post-MLP "
+                f"norm; this one {'has' if self.post_norm is not None else 'has none'}: pass CachedStates.m."
+            )
         patch = self.newest()
         x = x.to(patch["key"].dtype)
         pre = x @ patch["key"].T + patch["bias"]
@@ -193,5 +238,11 @@ class LMSuffix:
         delta = units @ patch["value"]
         if sharpness != 1.0:
             delta = delta / sharpness
-        hidden = z + delta.to(z.dtype)
-        return self.head(self.norm(hidden)), pre
+        if m is None:
+            hidden = z + delta.to(z.dtype)
+        else:
+            hidden = (z + self.post_norm(m + delta.to(m.dtype)).float()).to(m.dtype)
+        logits = self.head(self.norm(hidden))
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits, pre
