@@ -61,7 +61,7 @@ class LeanAdamW:
             (
                 [torch.zeros_like(p, memory_format=torch.preserve_format) for p in g["params"]],
                 [torch.zeros_like(p, memory_format=torch.preserve_format) for p in g["params"]],
-                [torch.tensor(0.0, dtype=_step_dtype(p)) for p in g["params"]],
+                [torch.tensor(0.0, dtype=_step_dtype(p), device=p.device) for p in g["params"]],
             )
             for g in groups
         ]
