@@ -208,3 +208,39 @@ def test_stream_errors_name_the_fix(tmp_path):
         ToyEditor(method="other").edit_stream(records(3), checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="same settings"):
         ToyEditor(languages=["en"]).edit_stream(records(3), checkpoint_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------- one writer, no debris
+def test_a_second_stream_on_the_same_checkpoint_dir_is_refused(tmp_path):
+    from peft_mpn.utils.locks import DirectoryLocked
+
+    class Nested(ToyEditor):
+        def edit(self, record):
+            if record.id == "r1":  # while the first stream holds the directory, a second one starts
+                with pytest.raises(DirectoryLocked, match="in use by pid .*toy edit_stream"):
+                    ToyEditor().edit_stream(records(), checkpoint_dir=tmp_path)
+            return super().edit(record)
+
+    assert len(Nested().edit_stream(records(), checkpoint_dir=tmp_path)) == 6
+    assert saved_state(tmp_path)["ids"] == [r.id for r in records()]  # the first run's edits are all there
+
+
+def test_resume_removes_unfinished_checkpoint_folders(tmp_path):
+    editor = ToyEditor(crash_at="r3")
+    with pytest.raises(KeyboardInterrupt):
+        editor.edit_stream(records(), checkpoint_dir=tmp_path, checkpoint_every=1)
+    (tmp_path / ".tmp-killed").mkdir()  # a save killed by SIGKILL leaves its temporary folder
+    (tmp_path / ".tmp-killed" / "state.json").write_text("{")
+    results = ToyEditor().edit_stream(records(), checkpoint_dir=tmp_path, checkpoint_every=1)
+    assert [r.id for r in results] == [r.id for r in records()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current"]  # no debris, no lock file left
+
+
+def test_stream_checks_the_checkpoint_dir_before_the_first_edit(tmp_path, monkeypatch):
+    from peft_mpn.utils import paths
+
+    monkeypatch.setattr(paths.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    editor = ToyEditor()
+    with pytest.raises(ValueError, match="checkpoint_dir .* has 0.0 MiB free, but one checkpoint needs about"):
+        editor.edit_stream(records(), checkpoint_dir=tmp_path / "run")
+    assert editor.strategy.edited == []  # refused before any work

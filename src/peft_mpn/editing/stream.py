@@ -11,6 +11,7 @@ any moment leaves one complete checkpoint behind: ``current/``, or ``.old/`` bet
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from tqdm.auto import tqdm
 
 from ..utils.checks import is_int
 from ..utils.io import atomic_write_json
+from ..utils.locks import directory_lock
+from ..utils.paths import MIB, check_writable_dir, remove_orphans
 
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ CHECKPOINT_FORMAT = 1
 STATE_FILE = "state.json"
 WEIGHTS_DIR = "weights"
 LEGACY_KIND = "classification"  # checkpoints written before they named their kind hold classification edits
+TEMP_PREFIX = ".tmp-"  # a checkpoint being written; one left behind by a killed run is removed on resume
 
 
 def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any], save_weights: Callable[[Path], Any]) -> Path:
@@ -56,7 +60,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any], save_we
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=directory))
     try:
         save_weights(tmp / WEIGHTS_DIR)
         atomic_write_json(tmp / STATE_FILE, {**state, "format": CHECKPOINT_FORMAT})
@@ -178,8 +182,9 @@ class EditStream(ABC):
 
         Raises:
             ValueError: If a record is invalid, record ids repeat, ``checkpoint_every`` is not an int >= 1,
-                ``checkpoint_dir`` is a file, or it holds a checkpoint of another kind, method, languages,
-                :meth:`stream_settings` or stream of records.
+                ``checkpoint_dir`` is a file, is not writable, has less free space than one checkpoint needs, or
+                holds a checkpoint of another kind, method, languages, :meth:`stream_settings` or stream of records.
+            DirectoryLocked: Another live stream writes into ``checkpoint_dir`` (see `peft_mpn.utils.locks`).
         """
         if not is_int(checkpoint_every, least=1):
             raise ValueError(f"edit_stream: checkpoint_every must be an int >= 1 (edits), got {checkpoint_every!r}.")
@@ -190,6 +195,27 @@ class EditStream(ABC):
         if len(set(ids)) != len(ids):
             raise ValueError("edit_stream: record ids must be unique (field 'id' repeats).")
         directory = None if checkpoint_dir is None else Path(checkpoint_dir)
+        with contextlib.ExitStack() as stack:
+            if directory is not None:
+                check_writable_dir(directory, self._checkpoint_bytes(), "checkpoint_dir")
+                stack.enter_context(directory_lock(directory, f"{self.edit_kind} edit_stream"))
+                removed = remove_orphans(directory, (f"{TEMP_PREFIX}*",))  # debris of a killed save
+                if removed:
+                    logger.info("removed %d unfinished checkpoint folder(s) in %s", len(removed), directory)
+            return self._run_stream(records, ids, directory, checkpoint_every, skip_correct)
+
+    def _checkpoint_bytes(self) -> int:
+        """About the size of one checkpoint: that of the edited FFN block (FT-L saves it whole; patches are smaller
+        until there are as many as the FFN has units), at least 1 MiB."""
+        total = 0
+        module = getattr(self.strategy, "key_module", None)
+        if module is not None:
+            total = 2 * sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        return max(MIB, total)
+
+    def _run_stream(
+        self, records: list[Any], ids: list[str], directory: Path | None, checkpoint_every: int, skip_correct: bool
+    ) -> list[Any]:
         results = [] if directory is None else self._resume(directory, records)
         desc = f"editing ({self.method}, {self.edit_kind})"
         with tqdm(total=len(records), initial=len(results), desc=desc, disable=not self.progress) as bar:
