@@ -99,6 +99,10 @@ class Strategy(ABC):
     def abort(self) -> None:
         """Undo :meth:`begin` for a probe that must leave the model unchanged."""
 
+    def discard(self) -> None:
+        """Roll back an edit that failed mid-training (e.g. a NaN loss): the model is as before :meth:`begin`."""
+        self.abort()
+
     def newest_patch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Key weight ``(n, in)`` and bias ``(n,)`` of the patch being trained, if the method has one."""
         return None
@@ -196,6 +200,7 @@ class FTLStrategy(Strategy):
             p.requires_grad_(False)
 
     def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
+        self._before = [p.detach().clone() for p in self.params.values()]  # for discard()
         for p in self.params.values():
             p.requires_grad_(True)
         return list(self.params.values())
@@ -205,6 +210,12 @@ class FTLStrategy(Strategy):
             p.requires_grad_(False)
 
     abort = end
+
+    def discard(self) -> None:
+        with torch.no_grad():
+            for p, before in zip(self.params.values(), getattr(self, "_before", [])):
+                p.copy_(before)
+        self.end()
 
     def save(self, directory: str | os.PathLike) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
@@ -239,7 +250,14 @@ class LoRAStrategy(Strategy):
         return self.model.get_base_model().get_submodule(self.modules["key"])
 
     def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
-        return [p for n, p in self.model.named_parameters() if "lora_" in n and p.requires_grad]
+        params = [p for n, p in self.model.named_parameters() if "lora_" in n and p.requires_grad]
+        self._before = [(p, p.detach().clone()) for p in params]  # for discard()
+        return params
+
+    def discard(self) -> None:
+        with torch.no_grad():
+            for p, before in getattr(self, "_before", []):
+                p.copy_(before)
 
     def end(self) -> None:
         """Nothing to finish: the same LoRA adapter keeps training on the next edit."""

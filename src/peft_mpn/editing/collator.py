@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
+from ..utils.checks import is_int
+
 
 if TYPE_CHECKING:
     from .losses import EditConfig
@@ -81,8 +83,14 @@ class EditCollator(ABC):
         bad_weights = not weights or bool(set(weights) - set(others)) or any(w < 0 for w in weights.values())
         if sampling == "weighted" and bad_weights:
             raise ValueError(f"sampling='weighted' needs weights={{language: weight >= 0}} over {others}.")
-        if edit_repeat < 1:
-            raise ValueError(f"edit_repeat must be >= 1, got {edit_repeat}.")
+        if not is_int(edit_repeat, least=1):
+            raise ValueError(f"edit_repeat must be an int >= 1, got {edit_repeat!r}.")
+        if memory_batch_size is not None and not is_int(memory_batch_size, least=1):
+            raise ValueError(
+                f"memory_batch_size must be an int >= 1 (memory examples per step) or None, got {memory_batch_size!r}."
+            )
+        if not is_int(max_length, least=1):
+            raise ValueError(f"max_length must be an int >= 1 (tokens per text), got {max_length!r}.")
         if isinstance(memory, (str, bytes)):
             raise TypeError("memory must be a list of texts, not one string; wrap it: memory=[text].")
         memory = list(memory or [])

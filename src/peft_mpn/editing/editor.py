@@ -9,6 +9,7 @@ strategy (patch or baseline), the collator and its memory, the stop rule, the op
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -17,9 +18,10 @@ from typing import Any
 
 from torch import nn
 
+from ..utils.checks import non_finite
 from .baselines import Strategy
 from .collator import EditCollator
-from .losses import EditConfig, LossParts
+from .losses import EditConfig, LossParts, NonFiniteLoss, check_finite_loss
 from .optim import clip_grad_norm, edit_optimizer
 from .stopping import PatchEarlyStopping, StepStats
 from .stream import EditStream
@@ -63,6 +65,27 @@ class EditResult:
 
 
 StepFunction = Callable[[int], tuple[LossParts, StepStats]]
+logger = logging.getLogger(__name__)
+
+
+def check_finite_base(strategy: Strategy) -> None:
+    """``ValueError`` if the transformer layer an edit trains in holds NaN or infinite weights.
+
+    A patch trained on top of such a layer is NaN too, while a check of the outputs could still pass.
+    """
+    model = strategy.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        layer = base.get_submodule(strategy.block) if strategy.block else base
+    except AttributeError:
+        return
+    tensors = [*layer.named_parameters(), *layer.named_buffers()]
+    bad = non_finite((f"{strategy.block}.{name}" if strategy.block else name, t) for name, t in tensors)
+    if bad:
+        raise ValueError(
+            f"the base model's edited layer holds NaN or infinite weights ({', '.join(bad)}); edits on it would be "
+            "NaN. Reload or repair the base model."
+        )
 
 
 class Editor(EditStream):
@@ -104,6 +127,7 @@ class Editor(EditStream):
         self.collator = collator
         self.languages = collator.languages
         self.stopper = PatchEarlyStopping(config)
+        check_finite_base(strategy)
 
     # ------------------------------------------------------------------ memory
     def add_to_memory(self, texts: Sequence[str]) -> None:
@@ -124,6 +148,9 @@ class Editor(EditStream):
         The record is checked and parsed (a dict like one JSONL line is accepted), the stop rule is reset, and the
         task's :meth:`_edit` adds, trains and freezes the patch.
 
+        If the loss or the trained parameters become NaN or infinite, the edit stops there, what it trained is rolled
+        back (the new patch is removed; FT-L and LoRA weights are restored) and the result has ``success=False``.
+
         Raises:
             ValueError: If the record is invalid or lacks a training language.
             TypeError: If ``record`` is not a record of this task.
@@ -132,7 +159,15 @@ class Editor(EditStream):
         start = time.perf_counter()
         self.model.eval()
         self.stopper.reset()
-        return self._edit(record, start)
+        try:
+            return self._edit(record, start)
+        except NonFiniteLoss as exc:
+            self.strategy.discard()
+            self.model.eval()
+            logger.warning("edit %r failed and was rolled back: %s", record.id, exc)
+            seconds = time.perf_counter() - start
+            fields = {"steps": exc.step, "seconds": seconds, "losses": exc.losses, "method": self.method}
+            return self.result_class(id=record.id, success=False, **fields)
 
     @abstractmethod
     def _edit(self, record: Any, start: float) -> EditResult:
@@ -146,6 +181,9 @@ class Editor(EditStream):
 
         Returns:
             The number of optimiser steps taken and the stats of the last step computed.
+
+        Raises:
+            NonFiniteLoss: A step's loss, or the trained parameters at the end, are NaN or infinite.
         """
         values = self.strategy.value_parameters()
         keys = [p for p in params if all(p is not v for v in values)]
@@ -154,6 +192,7 @@ class Editor(EditStream):
         steps = 0
         for i in range(self.config.max_steps):
             parts, stats = step(i)
+            check_finite_loss(parts, i)
             if self.stopper.observe(stats):
                 break
             optimizer.zero_grad()
@@ -161,6 +200,8 @@ class Editor(EditStream):
             clip_grad_norm(params, self.config.max_grad_norm)
             optimizer.step()
             steps = i + 1
+        if non_finite(enumerate(params), limit=1):  # the last step's update, which no loss has seen yet
+            raise NonFiniteLoss(steps, stats.losses if stats else {}, "parameters")
         return steps, stats
 
     @staticmethod
@@ -175,4 +216,4 @@ class Editor(EditStream):
         }
 
 
-__all__ = ["EditResult", "Editor", "StepFunction"]
+__all__ = ["EditResult", "Editor", "NonFiniteLoss", "StepFunction", "check_finite_base", "check_finite_loss"]

@@ -12,6 +12,7 @@ The loss of one training step is
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -101,8 +102,8 @@ class EditConfig:
             )
         if self.position not in ("cls", "all"):
             raise ValueError(f"EditConfig.position must be 'cls' or 'all', not {self.position!r}.")
-        if self.memory_batch_size is not None and self.memory_batch_size <= 0:
-            raise ValueError("EditConfig.memory_batch_size must be a positive int or None (the whole memory).")
+        if self.memory_batch_size is not None:
+            _check_int("memory_batch_size", self.memory_batch_size, 1, "memory examples per step, or None for all")
 
     def to_dict(self) -> dict:
         """The config as a JSON-ready dict."""
@@ -222,6 +223,29 @@ def patch_loss(
     a = activation_loss(edit_acts, config.activation_top_k, weights if act_weights is None else act_weights)
     m = memory_loss(memory_acts, edit_acts, config.memory_threshold, config.gap_margin, config.memory_top_k)
     return LossParts(e + config.activation_weight * a + config.memory_weight * m, e, a, m)
+
+
+class NonFiniteLoss(ArithmeticError):
+    """An edit's loss (or the parameters it trains) became NaN or infinite; the edit is rolled back.
+
+    Attributes:
+        step: The step at which it was seen.
+        losses: The loss parts of that step (non-finite ones as ``None``).
+    """
+
+    def __init__(self, step: int, losses: dict[str, float], what: str = "loss") -> None:
+        self.step = step
+        self.losses = {k: (v if math.isfinite(v) else None) for k, v in losses.items()}
+        super().__init__(
+            f"the edit's {what} became non-finite at step {step} ({losses}); lower EditConfig.lr or check the base "
+            "model's weights."
+        )
+
+
+def check_finite_loss(parts: LossParts, step: int) -> None:
+    """Raise :class:`NonFiniteLoss` if a step's total loss is NaN or infinite."""
+    if not bool(torch.isfinite(parts.total.detach()).all()):
+        raise NonFiniteLoss(step, parts.as_floats())
 
 
 def read_positions(acts: torch.Tensor, mask: torch.Tensor, position: str) -> torch.Tensor:

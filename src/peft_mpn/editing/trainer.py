@@ -17,7 +17,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from ..data.records import EditRecord
 from ..tuner.layer import MPNLayer
-from .losses import EditConfig, LossParts, patch_loss, read_positions
+from .losses import EditConfig, LossParts, check_finite_loss, patch_loss, read_positions
 from .optim import build_optimizer
 from .stopping import PatchEarlyStopping, StepStats, stats_of
 
@@ -196,6 +196,7 @@ class MPNTrainer(Trainer):
     ) -> Any:
         model.eval()  # no dropout: the loss of a step is deterministic, as on the fast path
         parts, stats, outputs = full_model_step(model, inputs, self.edit_config)
+        check_finite_loss(parts, self.state.global_step)
         self.stopper.observe(stats)
         self.history.append(stats.losses)
         return (parts.total, outputs) if return_outputs else parts.total

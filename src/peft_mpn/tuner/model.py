@@ -11,7 +11,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, _ExcludedModule
 from torch import nn
 
-from ..utils.checks import is_int
+from ..utils.checks import is_int, non_finite
 from .config import FFN_PRESETS, PREFIX, MPNConfig
 from .layer import (
     ROLES,
@@ -378,7 +378,7 @@ class MPNModel(BaseTuner):
             The names of the FFN blocks that got the patch.
 
         Raises:
-            ValueError: If a given tensor has the wrong shape, or ``num_neurons`` < 1.
+            ValueError: If a given tensor has the wrong shape or holds NaN or infinite values, or ``num_neurons`` < 1.
         """
         if not is_int(num_neurons, least=1):
             raise ValueError(f"add_patch: num_neurons must be a positive int, got {num_neurons!r}.")
@@ -403,6 +403,12 @@ class MPNModel(BaseTuner):
             if v is None:
                 v = torch.randn(num_neurons, d_out) * config.init_value_std
             tensors[block] = (k, torch.zeros(num_neurons) if b is None else b, v)
+            bad = non_finite(zip(("key", "bias", "value"), tensors[block]))
+            if bad:
+                raise ValueError(
+                    f"add_patch: {' and '.join(bad)} for FFN block {block!r} holds NaN or infinite values; a patch "
+                    "must start finite (pass finite tensors, or None for the default initialisation)."
+                )
 
         for block in chosen:
             parts = all_blocks[block]

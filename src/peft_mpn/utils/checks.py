@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -24,3 +25,26 @@ def is_real(value: Any) -> bool:
         (True, False, False, False)
     """
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def non_finite(tensors: Iterable[tuple[str, Any]], limit: int = 5) -> list[str]:
+    """Names of the floating-point tensors among ``(name, tensor)`` pairs that hold a NaN or an infinity.
+
+    At most ``limit`` names are returned (the check stops there). Integer tensors are always finite.
+
+    Example:
+        >>> import torch
+        >>> non_finite([("a", torch.ones(2)), ("b", torch.tensor([1.0, float("nan")])), ("c", torch.arange(3))])
+        ['b']
+    """
+    import torch
+
+    found = []
+    for name, tensor in tensors:
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.device.type == "meta":
+            continue
+        if not bool(torch.isfinite(tensor).all()):
+            found.append(name)
+            if len(found) >= limit:
+                break
+    return found

@@ -109,6 +109,7 @@ class GenerationEditCollator(EditCollator):
             )
         self.kind = kind
         self.decoder_start_token_id = decoder_start_token_id
+        self.positions: int | None = None  # the model's position limit, set by the editor (None: no limit known)
         self.prefix_ids = leading_special_ids(tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None)
         if pad is None:
@@ -131,13 +132,14 @@ class GenerationEditCollator(EditCollator):
     def text_ids(self, text: str) -> list[int]:
         """Ids of a text as a causal LM reads it: the tokenizer's leading special tokens, then the text."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return (self.prefix_ids + list(ids))[: self.max_length]
+        return (self.prefix_ids + list(ids))[: min(self.max_length, self.positions or self.max_length)]
 
     def encode(self, prompt: str, target: str, *, record_id: str = "?", lang: str = "en") -> EncodedEdit:
         """Token ids of ``prompt`` and ``target``.
 
         Raises:
-            ValueError: If the target has no tokens, or prompt and target together exceed ``max_length``.
+            ValueError: If the target has no tokens or only unknown tokens, or prompt and target together exceed
+                ``max_length`` or the model's positions.
         """
         body = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         joint = list(self.tokenizer(prompt + target, add_special_tokens=False)["input_ids"])
@@ -153,10 +155,23 @@ class GenerationEditCollator(EditCollator):
                 f"edit record {record_id!r}: field 'prompt' for {lang!r} tokenises to no tokens, and the tokenizer "
                 "adds no BOS token; a causal LM needs at least one token before the target."
             )
-        if len(prompt_ids) + len(target_ids) > self.max_length:
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is not None and all(t == unk for t in target_ids):
             raise ValueError(
-                f"edit record {record_id!r}: prompt and target in {lang!r} are {len(prompt_ids) + len(target_ids)} "
+                f"edit record {record_id!r}: field 'target' for {lang!r} ({target!r}) tokenises to unknown tokens "
+                f"only ({self.tokenizer.unk_token!r}): the tokenizer can't write it, so an edit could not be checked. "
+                "Use a target in the tokenizer's alphabet, or a tokenizer that covers it."
+            )
+        total = len(prompt_ids) + len(target_ids)
+        if total > self.max_length:
+            raise ValueError(
+                f"edit record {record_id!r}: prompt and target in {lang!r} are {total} "
                 f"tokens, more than max_length={self.max_length}; shorten them or raise max_length."
+            )
+        if self.positions is not None and total > self.positions:
+            raise ValueError(
+                f"edit record {record_id!r}: prompt and target in {lang!r} are {total} tokens, more than the "
+                f"model's {self.positions} positions; shorten them."
             )
         return EncodedEdit(prompt_ids, target_ids)
 

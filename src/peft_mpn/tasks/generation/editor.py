@@ -186,6 +186,8 @@ class CausalLMEditor(Editor):
         collator = GenerationEditCollator.for_edits(
             tokenizer, languages, memory, config, sampling=sampling, k=k, weights=weights, max_length=max_length
         )
+        positions = getattr(getattr(strategy.model, "config", None), "max_position_embeddings", None)
+        collator.positions = positions if is_int(positions, least=1) else None  # learned positions end there
         self._setup(strategy, tokenizer, collator, method=method, config=config, progress=progress)
         self.suffix: LMSuffix | None = None
         self._fast_requested = fast
