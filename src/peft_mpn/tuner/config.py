@@ -124,6 +124,8 @@ class MPNConfig(PeftConfig):
         block_dims: Maintained by the model: per FFN block, ``[in, width, out]`` of the base FFN it was made on.
         languages: Languages the patches were trained on (for the model card).
         metrics: Evaluation results to show on the model card, e.g. ``{"SR": 1.0, "GR fr": 0.97}``.
+        weights_sha256: Written by ``save_pretrained``: the SHA-256 of ``adapter_model.safetensors``, checked when
+            the adapter loads (see `peft_mpn.tuner.verify`).
 
     Example:
         >>> from transformers import BertConfig, BertModel
@@ -181,6 +183,9 @@ class MPNConfig(PeftConfig):
     )
     languages: list[str] = field(default_factory=list, metadata={"help": "Languages the patches were trained on."})
     metrics: dict[str, Any] = field(default_factory=dict, metadata={"help": "Results shown on the model card."})
+    weights_sha256: str | None = field(
+        default=None, metadata={"help": "Written at save: SHA-256 of adapter_model.safetensors, checked at load."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -284,11 +289,24 @@ class MPNConfig(PeftConfig):
         return module_key.rpartition(".")[0]
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """Save ``adapter_config.json`` and the adapter's model card ``README.md`` into ``save_directory``."""
-        from .card import write_model_card
+        """Save ``adapter_config.json`` and the adapter's model card ``README.md`` into ``save_directory``.
 
-        super().save_pretrained(save_directory, **kwargs)
-        write_model_card(self, save_directory)
+        ``PeftModel.save_pretrained`` writes the weights first, so the config records their checksum
+        (``weights_sha256``). A local path in ``base_model_name_or_path`` is replaced by the Hub id it is a copy of
+        when known, else by ``"local:<architecture>@sha256:<hash of its weights>"`` (see
+        `peft_mpn.tuner.card.public_base_name`) in the saved files: no local path is saved or pushed.
+        """
+        from .card import public_base_name, write_model_card
+        from .verify import weights_checksum
+
+        self.weights_sha256 = weights_checksum(save_directory)
+        local = self.base_model_name_or_path  # kept in memory: peft reads the base's config.json through it
+        self.base_model_name_or_path = public_base_name(local)
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+            write_model_card(self, save_directory)
+        finally:
+            self.base_model_name_or_path = local
 
     def num_patches(self) -> int:
         """Total number of patches recorded in :attr:`patch_sizes`, over all FFN blocks."""

@@ -13,6 +13,7 @@ from peft import mapping
 from .config import MPN, PREFIX, MPNConfig, MPNPeftType
 from .hub import install_push_to_hub
 from .model import MPNModel
+from .verify import install_load_checks
 
 
 __all__ = ["MISSING_IMPORT_HINT", "MPN", "PREFIX", "MPNPeftType", "is_registered", "register"]
@@ -29,6 +30,7 @@ def register() -> None:
     mapping.PEFT_TYPE_TO_TUNER_MAPPING[MPN] = MPNModel
     mapping.PEFT_TYPE_TO_PREFIX_MAPPING[MPN] = PREFIX
     install_push_to_hub()
+    install_load_checks()
 
 
 def is_registered() -> bool:
