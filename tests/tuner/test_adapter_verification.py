@@ -92,7 +92,7 @@ def test_broken_config_names_the_file(saved):
 
 def test_missing_files_and_directories_are_not_hub_lookups(saved, tmp_path):
     path, _ = saved
-    with pytest.raises(FileNotFoundError, match=rf"adapter directory '{tmp_path / 'nowhere'}' does not exist"):
+    with pytest.raises(FileNotFoundError, match=rf"'{tmp_path / 'nowhere'}': the adapter directory does not exist"):
         PeftModel.from_pretrained(make_tiny("bert"), tmp_path / "nowhere")
     os.unlink(weights_of(path))
     with pytest.raises(FileNotFoundError, match=rf"no adapter_model.safetensors in '{path}'"):

@@ -64,8 +64,8 @@ def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"adapter directory {str(path)!r} does not exist; pass the directory that save_pretrained wrote "
-            f"({CONFIG_NAME} and {WEIGHTS_NAME}) or a Hub repo id."
+            f"no {CONFIG_NAME} in {str(path)!r}: the adapter directory does not exist; pass the directory that "
+            f"save_pretrained wrote ({CONFIG_NAME} and {WEIGHTS_NAME}) or a Hub repo id."
         )
     if not path.is_dir():
         raise ValueError(f"adapter path {str(path)!r} is a file; pass the directory that holds {CONFIG_NAME}.")
