@@ -244,3 +244,9 @@ def test_stream_checks_the_checkpoint_dir_before_the_first_edit(tmp_path, monkey
     with pytest.raises(ValueError, match="checkpoint_dir .* has 0.0 MiB free, but one checkpoint needs about"):
         editor.edit_stream(records(), checkpoint_dir=tmp_path / "run")
     assert editor.strategy.edited == []  # refused before any work
+
+
+def test_an_empty_stream_warns(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        assert ToyEditor().edit_stream([], checkpoint_dir=tmp_path / "run") == []
+    assert "got no records" in caplog.text and not (tmp_path / "run").exists()

@@ -192,6 +192,9 @@ class EditStream(ABC):
             raise ValueError(f"edit_stream: checkpoint_dir {os.fspath(checkpoint_dir)!r} is a file; pass a directory.")
         records = [self._record(r) for r in records]
         ids = [r.id for r in records]
+        if not ids:
+            logger.warning("edit_stream got no records: nothing is edited and no checkpoint is written")
+            return []
         if len(set(ids)) != len(ids):
             raise ValueError("edit_stream: record ids must be unique (field 'id' repeats).")
         directory = None if checkpoint_dir is None else Path(checkpoint_dir)

@@ -75,6 +75,7 @@ def plan_blocks(config: MPNConfig, model: nn.Module) -> dict[str, dict[str, tupl
         ValueError: A configured module matches nothing, a block lacks its key or value module, the widths of a
             block don't fit together, or a saved adapter was made for other FFN sizes.
     """
+    _check_preset_order(config, model)
     candidates = _candidate_modules(config, model)
     for role, names in (("key", config.key_modules), ("up", config.up_modules), ("value", config.value_modules)):
         for name in names or []:
@@ -116,20 +117,67 @@ def plan_blocks(config: MPNConfig, model: nn.Module) -> dict[str, dict[str, tupl
             )
         blocks[block][role] = (key, module)
 
+    order = {key: i for i, (key, _) in enumerate(candidates)}
     for block, parts in blocks.items():
-        _check_block(config, block, parts)
+        _check_block(config, block, parts, _order_hint(config, model))
+        _check_direction(config, block, parts, order)
     _check_saved_shapes(config, blocks)
     return blocks
 
 
-def _check_block(config: MPNConfig, block: str, parts: dict[str, tuple[str, nn.Module]]) -> None:
+def _order_hint(config: MPNConfig, model: nn.Module) -> str:
+    """Advice that names the right roles: this architecture's preset, or the general rule."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    preset = FFN_PRESETS.get(model_type or "")
+    rule = (
+        " key_modules names the FFN input projection (the gate of a gated MLP) and value_modules its output projection"
+    )
+    if preset is None:
+        return rule + "."
+    named = f"key_modules={list(preset.key_modules)}, value_modules={list(preset.value_modules)}"
+    if preset.up_modules:
+        named += f", up_modules={list(preset.up_modules)}"
+    return f"{rule}; for {model_type} that is {named} (what MPNConfig() picks when no module is named)."
+
+
+def _check_preset_order(config: MPNConfig, model: nn.Module) -> None:
+    """``ValueError`` if the roles given are a known architecture's FFN modules in the wrong roles."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    preset = FFN_PRESETS.get(model_type or "")
+    if preset is None or not config.has_roles:
+        return
+    given = {"key": config.key_modules or [], "up": config.up_modules or [], "value": config.value_modules or []}
+    right = {"key": list(preset.key_modules), "up": list(preset.up_modules), "value": list(preset.value_modules)}
+    if given != right and sorted(sum(given.values(), [])) == sorted(sum(right.values(), [])):
+        raise ValueError(
+            f"MPNConfig has the FFN modules of this {model_type} model in the wrong roles (key_modules="
+            f"{given['key']}, value_modules={given['value']}, up_modules={given['up'] or None}):"
+            f"{_order_hint(config, model)}"
+        )
+
+
+def _check_direction(config: MPNConfig, block: str, parts: dict[str, tuple[str, nn.Module]], order: dict) -> None:
+    """``ValueError`` if the key and value modules look swapped: the value module comes first in the model and the
+    key module narrows the FFN (a transformer FFN widens, then projects back)."""
+    (key_name, key), (value_name, _) = parts["key"], parts["value"]
+    d_in, width = _features(key)
+    if order[value_name] < order[key_name] and width < d_in:
+        raise ValueError(
+            f"FFN block {block!r}: key_modules and value_modules look swapped. The key module {key_name!r} maps "
+            f"{d_in} -> {width} units and comes after the value module {value_name!r}, as an FFN's output "
+            f"projection does. Pass key_modules={config.value_modules}, value_modules={config.key_modules}: "
+            "key_modules names the FFN input projection, value_modules its output projection."
+        )
+
+
+def _check_block(config: MPNConfig, block: str, parts: dict[str, tuple[str, nn.Module]], hint: str = "") -> None:
     names = {role: name for role, (name, _) in parts.items()}
     if "key" not in parts or "value" not in parts:
         have, lack = ("key", "value") if "key" in parts else ("value", "key")
         raise ValueError(
-            f"FFN block {block!r} has the {have} module {names.get(have, names)!r} but no {lack} module. A patch "
-            f"neuron needs both: add the FFN {'output' if lack == 'value' else 'input'} projection of this block to "
-            f"{lack}_modules (or include its layer in layers_to_transform)."
+            f"FFN block {block!r} has the {have} module {names.get(have, names)!r} but no {lack} module, so it is "
+            f"not an FFN block: check that the module names are in the right roles (target_modules is [key, value] "
+            f"or [gate, up, down]), and exclude modules that only share a suffix (exclude_modules).{hint}"
         )
     if bool(config.up_modules) != ("up" in parts):
         raise ValueError(
@@ -141,11 +189,13 @@ def _check_block(config: MPNConfig, block: str, parts: dict[str, tuple[str, nn.M
     if v_in != width:
         raise ValueError(
             f"FFN block {block!r}: the key module {names['key']!r} outputs {width} units but the value module "
-            f"{names['value']!r} takes {v_in} inputs. The key module must be the FFN input projection and the value "
-            "module the FFN output projection; did you swap them?"
+            f"{names['value']!r} takes {v_in} inputs, so they are not one FFN's two projections.{hint}"
         )
     if "up" in parts and _features(parts["up"][1]) != (d_in, width):
-        raise ValueError(f"FFN block {block!r}: the up module {names['up']!r} must have the shape of the gate.")
+        raise ValueError(
+            f"FFN block {block!r}: the up module {names['up']!r} must have the shape of the gate "
+            f"{names['key']!r}.{hint}"
+        )
     dims = [d_in, width, d_out]
     saved = config.block_dims.get(block)
     if saved is not None and list(saved) != dims:
