@@ -388,7 +388,8 @@ def run_experiment(
             adapter_config.metrics = {
                 k: methods[_label(method)][k] for k in ("SR", "ER", "GR_mean_train", "GR_mean_heldout")
             }
-            editor.model.save_pretrained(str(out / "mpn-adapter"))
+            with atomic_directory(out / "mpn-adapter") as tmp:  # a crash mid-save keeps the earlier adapter
+                editor.model.save_pretrained(str(tmp))
         del editor, model
 
     results = {
