@@ -482,11 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from safetensors import SafetensorError  # e.g. a full disk while a checkpoint is written
+
     from .utils.locks import DirectoryLocked
 
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, ImportError, DirectoryLocked) as exc:  # user errors: one line, exit 2
+    except (ValueError, TypeError, OSError, ImportError, DirectoryLocked, SafetensorError) as exc:  # one line, exit 2
         if args.debug:
             raise
         return _fail(args.command, f"{exc} (--debug shows the traceback)")

@@ -105,3 +105,21 @@ def test_a_diverging_generation_edit_pops_its_patch():
     editor = CausalLMEditor(model, tokenizer, ["en", "fr"], progress=False, config=config)
     result = editor.edit(lm_edit_records(1, seed=3)[0])
     assert not result.success and editor.model.num_patches() == 0
+
+
+def test_a_damaged_ft_checkpoint_names_the_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from peft_mpn.editing.baselines import FTLStrategy
+
+    strategy = FTLStrategy(make_tiny("bert"))
+    strategy.save(tmp_path)
+    path = tmp_path / "ffn.safetensors"
+    tensors = load_file(path)
+    next(iter(tensors.values())).fill_(NAN)
+    save_file(tensors, path)
+    with pytest.raises(ValueError, match=rf"{path} lacks \[\] or holds non-finite values"):
+        strategy.load(tmp_path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"{path} can't be read"):
+        strategy.load(tmp_path)

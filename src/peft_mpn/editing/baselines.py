@@ -24,6 +24,7 @@ from torch import nn
 
 from ..tuner.config import MPNConfig
 from ..tuner.model import plan_blocks
+from ..utils.checks import non_finite
 
 
 METHODS = ("mpn", "tpatcher", "ft", "lora")
@@ -224,7 +225,14 @@ class FTLStrategy(Strategy):
         )
 
     def load(self, directory: str | os.PathLike) -> None:
-        saved = load_file(str(Path(directory) / "ffn.safetensors"))
+        path = Path(directory) / "ffn.safetensors"
+        try:
+            saved = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types; name the file
+            raise ValueError(f"{path} can't be read ({exc}); the checkpoint is damaged.") from exc
+        missing, bad = sorted(set(self.params) - set(saved)), non_finite(saved.items())
+        if missing or bad:
+            raise ValueError(f"{path} lacks {missing} or holds non-finite values in {bad}; the checkpoint is damaged.")
         with torch.no_grad():
             for name, p in self.params.items():
                 p.copy_(saved[name])
