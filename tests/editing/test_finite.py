@@ -80,6 +80,29 @@ def test_nan_in_the_base_edited_layer_is_refused_at_editor_start(classifier):
         MPNEditor(model, tokenizer, languages=LANGS, progress=False)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_nan_below_the_edited_layer_is_a_clear_error_not_a_nan_success(classifier, fast):
+    model, tokenizer = classifier()
+    records = _records(model, tokenizer, n=1)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].output.dense.weight[0, 0] = NAN  # not the edited layer: the start check passes
+    editor = MPNEditor(model, tokenizer, languages=LANGS, fast=fast, progress=False)
+    with pytest.raises(ValueError, match="'r0': the model's input to the edited FFN block is NaN or infinite"):
+        editor.edit(records[0])
+    assert editor.model.num_patches() == 0
+
+
+def test_nan_below_the_edited_layer_of_a_causal_lm_is_a_clear_error():
+    tokenizer = lm_word_tokenizer()
+    model = make_tiny_lm("llama", len(tokenizer))
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.fill_(NAN)
+    editor = CausalLMEditor(model, tokenizer, ["en", "fr"], progress=False)
+    with pytest.raises(ValueError, match="input to the edited FFN block is NaN or infinite"):
+        editor.edit(lm_edit_records(1, seed=3)[0])
+    assert editor.model.num_patches() == 0
+
+
 @pytest.mark.parametrize(("method", "fast"), [("mpn", True), ("mpn", False), ("ft", True), ("lora", True)])
 def test_a_diverging_edit_stops_rolls_back_and_fails(classifier, method, fast, caplog):
     model, tokenizer = classifier()

@@ -73,6 +73,15 @@ def _locate_wrapped_ffn(model: PeftModel) -> tuple[str, dict[str, str]]:
     return next(iter(blocks.items()))
 
 
+def check_finite_input(hidden: torch.Tensor, record_id: str) -> None:
+    """``ValueError`` if the edited FFN block's input for a record is NaN or infinite (a broken base model)."""
+    if not bool(torch.isfinite(hidden).all()):
+        raise ValueError(
+            f"edit record {record_id!r}: the model's input to the edited FFN block is NaN or infinite, so a layer "
+            "below it holds non-finite weights (or the input overflows); repair or reload the base model."
+        )
+
+
 class Strategy(ABC):
     """Base class: what one editing method changes."""
 
@@ -153,6 +162,7 @@ class PatchStrategy(Strategy):
         width = self.parts["value"].out_features
         value = torch.randn(width, generator=generator) * config.value_init_std / width**0.5
         h = ffn_input.detach().float()
+        check_finite_input(h, record_id)
         key = h / h.norm().clamp_min(1e-8) ** 2  # Transformer-Patcher: pre-activation 1 on the edit input
         self.model.add_patch(key=key, bias=0.0, value=value, adapter_name=self.adapter_name)
         return self.model.patch_parameters(self.adapter_name, newest_only=True)

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...data.generation import GenerationEditRecord
-from ...editing.baselines import PatchStrategy, make_strategy
+from ...editing.baselines import PatchStrategy, check_finite_input, make_strategy
 from ...editing.collator import Sampling, training_languages
 from ...editing.editor import Editor, EditResult
 from ...editing.fastpath import FastPathUnsupported, capture_inputs
@@ -407,6 +407,7 @@ class CausalLMEditor(Editor):
                 z=states.z[row, at] if self.suffix is not None else None,
                 m=states.m[row, at] if self.suffix is not None and states.m is not None else None,
             )
+        check_finite_input(hidden, record.id)
         keys = []
         for i in range(n):  # neuron i starts at its first position in the first language (English first) it has
             lang = next(lang for lang in self.languages if bool((rows[lang].neurons == i).any()))
