@@ -87,6 +87,8 @@ def test_damaged_files_are_named(tmp_path, edits, capsys):
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
     assert main(["evaluate", "--adapter", str(tmp_path / "adapter"), "--edits", str(edits)]) == 2
     one_line_error(capsys, str(weights), "does not match the checksum")
+    assert main(["evaluate", "--adapter", "no-such-adapter", "--edits", str(edits)]) == 2
+    one_line_error(capsys, "'no-such-adapter': the adapter directory does not exist")  # before any model loads
     (tmp_path / "adapter" / "adapter_config.json").write_text("{broken")
     assert main(["inspect", str(tmp_path / "adapter")]) == 2
     one_line_error(capsys, "adapter_config.json can't be read as JSON")

@@ -257,12 +257,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .benchmark.classifier import predict
     from .benchmark.report import jsonable
     from .editing import metrics
-    from .tuner.verify import check_adapter_dir
+    from .tuner.verify import check_adapter_dir, read_adapter_config
     from .utils.paths import check_readable_file
 
     _check_limit(args.limit)
     check_readable_file(args.edits, "--edits")
     _check_model(args.model)
+    if not Path(args.adapter).exists() and args.adapter.count("/") != 1:  # not "user/repo": a missing directory
+        read_adapter_config(args.adapter)  # raises, naming it
     check_adapter_dir(args.adapter)  # before the base model loads
     records = peft_mpn.read_records(args.edits)[: args.limit]
     if not records:
