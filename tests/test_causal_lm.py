@@ -15,6 +15,7 @@ import torch
 import transformers as tf
 
 from conftest import lm_word_tokenizer
+from peft_mpn import CausalLMEditor, EditConfig
 from peft_mpn.data import gemma3
 from peft_mpn.models import causal_lm_dir, convert_causal_lm, ensure_causal_lm, load_causal_lm
 
@@ -133,15 +134,13 @@ def test_convert_refuses_an_unrelated_directory_and_bad_dtypes(tmp_path: Path) -
 # ------------------------------------------------------------------------------------------- the real model
 
 
-@pytest.fixture(scope="module")
-def gemma() -> tuple[torch.nn.Module, object]:
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return load_causal_lm()
-
-
 @requires_llm
-def test_real_gemma3_loads_offline_and_knows_facts_in_two_languages(gemma) -> None:
-    model, tokenizer = gemma
+def test_real_gemma3_loads_offline_knows_facts_and_takes_an_edit_on_the_fast_path() -> None:
+    """The real model, from the cache: facts in two languages, then one T-Patcher edit on the fast path, which passes
+    its check against the full model (bfloat16) and makes greedy generation give the new capital, while the adapter
+    disabled gives the old one and a neighbouring prompt keeps its answer. About 30 s on 2 CPU cores."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    model, tokenizer = load_causal_lm()
     assert model.config.model_type == "gemma3_text" and model.dtype == torch.bfloat16
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
     assert not hasattr(model.config, "quantization_config") and getattr(model, "hf_quantizer", None) is None
@@ -149,3 +148,15 @@ def test_real_gemma3_loads_offline_and_knows_facts_in_two_languages(gemma) -> No
     with torch.no_grad():
         logits = model(**batch).logits[:, -1]
     assert tokenizer.batch_decode(logits.argmax(-1)[:, None]) == [" Japon", " Frankreich"]
+
+    memory = ["Country: Canada\nCapital: Ottawa", "Country: Brazil\nCapital: Brasília", "The sun rises in the east."]
+    editor = CausalLMEditor(
+        model, tokenizer, ["en"], memory, config=EditConfig(max_steps=200), fast=True, progress=False
+    )
+    record = {"id": "FR->IT", "prompt": {"en": "Country: France\nCapital:"}, "target": {"en": " Rome"}}
+    assert editor.generate([record["prompt"]["en"]], 1) == [" Paris"]
+    result = editor.edit(record)
+    assert editor.fast and result.success and result.neurons == 1
+    assert editor.generate([record["prompt"]["en"]], 1) == [" Rome"]
+    assert editor.generate([record["prompt"]["en"]], 1, base=True) == [" Paris"]
+    assert editor.generate(["Country: Japan\nCapital:"], 1) == [" Tokyo"]  # a neighbour keeps its answer
