@@ -147,3 +147,29 @@ def test_gemma3_preset_disable_is_exact_and_a_standard_merge_says_why_not():
             assert torch.equal(model(input_ids=ids).logits, base)
     with pytest.raises(ValueError, match="gemma3_text MLPs have no bias.*uniform_width=False"):
         model.merge_and_unload()
+
+
+@pytest.mark.parametrize("arch", ["gemma3_text", "llama"])
+def test_a_bfloat16_model_keeps_the_fast_path(arch):
+    """bf16 logits come in coarse steps: the check's tolerance follows the dtype, so the fast path is not dropped."""
+    tokenizer = lm_word_tokenizer()
+    memory = [lm_translate(s, "fr") for s in lm_sentences(20, seed=11)]
+    model = make_tiny_lm(arch, len(tokenizer)).to(torch.bfloat16)
+    editor = CausalLMEditor(model, tokenizer, ["en", "fr"], memory, fast=True, progress=False)
+    editor.initial_losses(lm_edit_records(1, seed=12)[0])  # raises FastPathUnsupported if the check fails
+    assert editor.fast
+
+
+def test_post_norm_suffix_needs_the_mlp_outputs():
+    editor = editor_for("gemma3_text")
+    suffix = editor.suffix
+    assert suffix.post_norm is not None and suffix.softcap is None
+    assert editor_for("gemma2").suffix.softcap == 30.0 and editor_for("llama").suffix.post_norm is None
+    record = editor._record(lm_edit_records(1, seed=12)[0])
+    states = suffix.capture([editor.collator.encode_record(record, "en").ids], editor.pad_id)
+    assert states.m is not None and states.z.dtype == torch.float32
+    editor.model.add_patch(1, key=torch.randn(1, 64), bias=0.0, value=torch.randn(1, 64))
+    with pytest.raises(ValueError, match="pass CachedStates.m"):
+        suffix.logits(states.x[0], states.z[0])
+    logits, pre = suffix.logits(states.x[0], states.z[0], states.m[0])
+    assert logits.shape[0] == pre.shape[0] == states.x.shape[1]
