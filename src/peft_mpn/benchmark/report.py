@@ -236,7 +236,7 @@ def _markdown_report(results: Mapping[str, Any], png_name: str | None) -> str:
         _DEFINITIONS.rstrip("\n"),
     ]
     if png_name:
-        parts.append(f"![GR per language and method]({png_name})")
+        parts.append(f"![GR per language, locality and neighbourhood, per method]({png_name})")
     return "\n\n".join(parts) + "\n"
 
 
@@ -263,22 +263,42 @@ def jsonable(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- plot
+_KEEP = (("locality", "locality"), ("neighbourhood", "neighbour-\nhood"))
+
+
+def _bar(ax: Any, x: float, value: float | None, n: Any, width: float, colour: str) -> None:
+    """One bar with its n on top; an empty slot says ``n/a`` or ``0`` so it never reads as the other."""
+    if value is None or value == 0:
+        ax.text(x, 0.01, MISSING if value is None else "0", ha="center", va="bottom", fontsize=7, color=colour)
+    if value is not None:
+        ax.bar(x, value, width=width, color=colour, zorder=2)
+        if isinstance(n, int) and not isinstance(n, bool):
+            ax.text(x, value + 0.01, f"{n}", ha="center", va="bottom", fontsize=6.5, rotation=90, color="0.25")
+
+
 def _figure(results: Mapping[str, Any]) -> Any:
-    """Grouped bars of GR (all, and fixed) per language, one colour per method; held-out languages set apart."""
+    """Grouped bars per language, one colour per method: GR (all) beside locality and neighbourhood, then GR
+    (fixed); held-out languages set apart; the number of inputs each bar counts is written on it."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     methods = _methods(results)
     languages, heldout = _languages(results)
+    keep = [
+        (key, label) for key, label in _KEEP if any(_get(m, key, "retain_rate") is not None for m in methods.values())
+    ]
     gap = 0.6 if heldout and len(heldout) < len(languages) else 0.0
     positions = [i + (gap if lang in heldout else 0.0) for i, lang in enumerate(languages)]
+    end = max(positions, default=-1.0)
+    keep_positions = [end + 1.6 + i for i in range(len(keep))]
     width = 0.8 / max(len(methods), 1)
     colours = [f"C{i % 10}" for i in range(len(methods))]
+    slots = len(languages) + len(keep)
 
-    figure = Figure(figsize=(min(16.0, max(7.0, 1.1 * len(languages) + 3.0)), 7.5), dpi=110, layout="constrained")
+    figure = Figure(figsize=(min(18.0, max(7.0, 1.1 * slots + 3.0)), 7.5), dpi=110, layout="constrained")
     axes = figure.subplots(2, 1, sharex=True)
     panels = [
-        ("all", "GR (all): translations right after editing"),
+        ("all", "GR (all): translations right after editing; locality: unrelated predictions kept"),
         ("fixed", "GR (fixed): among translations wrong before editing"),
     ]
     for ax, (key, title) in zip(axes, panels):
@@ -299,27 +319,34 @@ def _figure(results: Mapping[str, Any]) -> Any:
                 fontstyle="italic",
                 color="0.3",
             )
+        if keep:
+            ax.axvline(end + 0.8, color="0.4", linewidth=1)
         for m, metrics in enumerate(methods.values()):
             offset = (m - (len(methods) - 1) / 2) * width
             for pos, lang in zip(positions, languages):
-                value = _number(_get(metrics, "GR", lang, key))
-                if value is None or value == 0:  # an empty slot would read as "no data" or as "zero": say which
-                    text = MISSING if value is None else "0"
-                    ax.text(pos + offset, 0.01, text, ha="center", va="bottom", fontsize=7, color=colours[m])
-                if value is not None:
-                    ax.bar(pos + offset, value, width=width, color=colours[m], zorder=2)
-        ax.set_ylim(0.0, 1.0)
-        ax.set_xlim(min(positions, default=0) - 0.6, max(positions, default=0) + 0.6)
+                entry = _get(metrics, "GR", lang)
+                value = _number(_get(entry, key))
+                _bar(ax, pos + offset, value, _get(entry, "n_all" if key == "all" else "n_fixed"), width, colours[m])
+            if key == "all":
+                for pos, (name, _) in zip(keep_positions, keep):
+                    value = _number(_get(metrics, name, "retain_rate"))
+                    _bar(ax, pos + offset, value, _get(metrics, name, "n"), width, colours[m])
+        ax.set_ylim(0.0, 1.08)
+        ax.set_xlim(min(positions, default=0) - 0.6, max([*positions, *keep_positions], default=0) + 0.6)
         ax.set_title(title, fontsize=10, loc="left")
-        ax.set_ylabel("GR (share)")
+        ax.set_ylabel("share")
         ax.grid(axis="y", color="0.85", zorder=1)
         ax.set_axisbelow(True)
-    axes[-1].set_xticks(positions, [_label(lang, heldout) for lang in languages])
-    axes[-1].set_xlabel(f"Language ({HELDOUT_MARK} = held-out)" if heldout else "Language")
+    ticks = [_label(lang, heldout) for lang in languages] + [label for _, label in keep]
+    axes[-1].set_xticks([*positions, *keep_positions], ticks)
+    axes[-1].set_xlabel(
+        (f"Language ({HELDOUT_MARK} = held-out)" if heldout else "Language")
+        + "; the small numbers are the inputs each bar counts"
+    )
     handles = [Patch(color=colours[m], label=str(name)) for m, name in enumerate(methods)]
     axes[0].legend(handles=handles, title="Method", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     model = _get(results, "setup", "model")
-    figure.suptitle("Cross-lingual generalisation per language" + (f" ({model})" if model else ""))
+    figure.suptitle("Cross-lingual generalisation and locality" + (f" ({model})" if model else ""))
     return figure
 
 
@@ -328,7 +355,13 @@ def _atomic_write_png(path: Path, figure: Any) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- entry point
-def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike, *, plot: bool = True) -> dict[str, Path]:
+def write_report(
+    results: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    plot: bool = True,
+    json_name: str | None = "results.json",
+) -> dict[str, Path]:
     """Write ``results.json``, ``report.md`` and ``report.png`` into ``out_dir``, each atomically.
 
     Args:
@@ -336,9 +369,12 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike, *, plot
             "setup": {...}}``.
         out_dir: The folder (created if needed).
         plot: Also draw ``report.png`` (needs matplotlib, from the ``demo`` extra).
+        json_name: File name of the JSON copy of ``results``; ``None`` writes none (``peft-mpn report`` next to the
+            file it read, which must stay as it is).
 
     Returns:
-        ``{"json": path, "markdown": path, "png": path}`` (no ``"png"`` with ``plot=False``).
+        ``{"json": path, "markdown": path, "png": path}`` (no ``"png"`` with ``plot=False``, no ``"json"`` with
+        ``json_name=None``).
 
     Raises:
         ValueError: If ``results`` has no ``methods`` dict.
@@ -350,8 +386,10 @@ def write_report(results: Mapping[str, Any], out_dir: str | os.PathLike, *, plot
     _methods(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "markdown": out / "report.md"}
-    atomic_write_text(paths["json"], json.dumps(jsonable(results), indent=2, ensure_ascii=False) + "\n")
+    paths = {"markdown": out / "report.md"}
+    if json_name is not None:
+        paths["json"] = out / json_name
+        atomic_write_text(paths["json"], json.dumps(jsonable(results), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(paths["markdown"], _markdown_report(results, "report.png" if plot else None))
     if plot:
         try:

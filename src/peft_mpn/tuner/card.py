@@ -15,6 +15,7 @@ from ..utils.io import atomic_write_text
 from ..utils.version import __version__
 
 
+_METHODS = {"mpn": "MPN (edit + translations)", "tpatcher": "Transformer-Patcher (English only)"}
 TAGS = ["peft", "peft-mpn", "mpn", "model-editing", "knowledge-editing", "patch-neurons", "multilingual"]
 
 
@@ -99,6 +100,7 @@ def render_card_text(config: Any) -> str:
     neurons = sum(sum(sizes) for sizes in config.patch_sizes.values())
     blocks = ", ".join(f"`{b}`" for b in config.patch_sizes) or "none yet"
     languages = ", ".join(config.languages) if config.languages else "not recorded"
+    method, edits = getattr(config, "method", None), getattr(config, "edits", None)
     auto_class = {
         "SEQ_CLS": "AutoModelForSequenceClassification",
         "CAUSAL_LM": "AutoModelForCausalLM",
@@ -120,6 +122,8 @@ def render_card_text(config: Any) -> str:
         "- **Method:** MPN (patch neurons, PEFT type `MPN`)",
         f"- **Patches:** {total} ({frozen} frozen), {neurons} neurons, in {blocks}",
         f"- **Languages:** {languages}",
+        f"- **Editing method:** {_METHODS.get(str(method), method or 'not recorded')}",
+        f"- **Edits:** {edits if edits is not None else 'not recorded'}",
         f"- **Task type:** {config.task_type or 'not set'}",
         "",
     ]

@@ -126,6 +126,8 @@ class MPNConfig(PeftConfig):
         metrics: Evaluation results to show on the model card, e.g. ``{"SR": 1.0, "GR fr": 0.97}``.
         weights_sha256: Written by ``save_pretrained``: the SHA-256 of ``adapter_model.safetensors``, checked when
             the adapter loads (see `peft_mpn.tuner.verify`).
+        method: The editing method that made the patches (``"mpn"``, ``"tpatcher"``), for the model card.
+        edits: How many edits made the patches, for the model card.
 
     Example:
         >>> from transformers import BertConfig, BertModel
@@ -186,6 +188,10 @@ class MPNConfig(PeftConfig):
     weights_sha256: str | None = field(
         default=None, metadata={"help": "Written at save: SHA-256 of adapter_model.safetensors, checked at load."}
     )
+    method: str | None = field(
+        default=None, metadata={"help": "The editing method that made the patches (mpn, tpatcher), for the card."}
+    )
+    edits: int | None = field(default=None, metadata={"help": "How many edits made the patches, for the card."})
 
     def __post_init__(self) -> None:
         super().__post_init__()

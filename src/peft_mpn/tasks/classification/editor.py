@@ -35,6 +35,7 @@ from ...editing.trainer import (
 )
 from .collator import MultilingualEditCollator, Sampling, training_languages
 from .fastpath import FFNSuffix
+from .reading import read_position
 
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ class MPNEditor(Editor):
         languages: Training languages (English always included).
         memory: Unrelated texts the patch must stay silent on (never evaluation items).
         method: ``"mpn"``, ``"tpatcher"``, ``"ft"`` or ``"lora"``.
-        config: The edit's knobs (``EditConfig``).
+        config: The edit's knobs (``EditConfig``). ``None``: the defaults, with ``position`` taken from the
+            model's pooling (``"cls"`` for a [CLS]-pooled head, ``"all"`` for a mean-pooled one). A given config
+            whose ``position`` does not match the pooling is refused (see ``tasks.classification.reading``).
         fast: ``True`` trains on cached FFN inputs (needs a last-layer patch of a supported classifier),
             ``False`` runs the full model every step (`MPNTrainer`), ``None`` picks fast where possible.
         adapter_name: The MPN adapter to grow.
@@ -160,7 +163,10 @@ class MPNEditor(Editor):
     ) -> None:
         _check_classifier(model)
         languages = training_languages(languages, english_only=method == "tpatcher")
-        config = config or EditConfig()
+        if config is None:  # read the patch where the head reads: [CLS] or, for a mean-pooled head, every token
+            config = EditConfig(position=read_position(model))
+        else:
+            read_position(model, config.position)  # refuses a position that would let a patch fire unseen
         strategy = make_strategy(method, model, adapter_name=adapter_name, **strategy_kwargs)
         collator = MultilingualEditCollator.for_edits(
             tokenizer, languages, memory, config, sampling=sampling, k=k, weights=weights, max_length=max_length
