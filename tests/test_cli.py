@@ -112,7 +112,8 @@ def test_edit_and_evaluate_commands(classifier, tmp_path, capsys):
         ]
     )
     assert code == 0
-    report = json.loads(capsys.readouterr().out)
+    assert "| MPN |" in capsys.readouterr().out  # the demo's table
+    report = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert report["accuracy_before"]["en"] == 0.0  # every record was wrong before
     assert report["accuracy_after"]["en"] == 1.0
     evaluate = ["evaluate", "--model", str(tmp_path / "base"), "--adapter", str(tmp_path / "run" / "adapter")]
@@ -131,7 +132,7 @@ def test_edit_loads_a_saved_classifier_with_its_own_labels(classifier, tmp_path,
     tokenizer.save_pretrained(tmp_path / "three")
     write_records([{"id": "r0", "inputs": {"en": "w1 w2 w3"}, "label": 2}], tmp_path / "edits.jsonl")
     command = ["edit", "--model", str(tmp_path / "three"), "--edits", str(tmp_path / "edits.jsonl")]
-    command += ["--languages", "en", "--method", "tpatcher", "--output", str(tmp_path / "run")]
+    command += ["--languages", "en", "--method", "tpatcher", "--output", str(tmp_path / "run"), "--no-memory"]
 
     assert main(command) == 0  # 3 labels, as saved: no flag needed
     assert json.loads(capsys.readouterr().out)["success_rate"] == 1.0

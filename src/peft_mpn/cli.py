@@ -508,9 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from safetensors import SafetensorError  # e.g. a full disk while a checkpoint is written
 
-    from .utils.locks import DirectoryLocked
-
     from .utils.loading import quiet_known_warnings
+    from .utils.locks import DirectoryLocked
 
     try:
         with quiet_known_warnings():

@@ -2,3 +2,10 @@
 
 It knows nothing about editing: it adds, freezes, saves, loads and merges patch neurons.
 """
+
+from __future__ import annotations
+
+from .registry import register as _register
+
+
+_register()  # whoever loads the tuner has MPN known to peft (``import peft_mpn`` defers this until peft loads)

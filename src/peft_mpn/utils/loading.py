@@ -15,7 +15,11 @@ import re
 from collections.abc import Iterator, Sequence
 
 
-__all__ = ["HEAD_PREFIXES", "quiet_new_head", "seeded"]
+__all__ = ["HEAD_PREFIXES", "KNOWN_WARNINGS", "quiet_known_warnings", "quiet_new_head", "seeded"]
+
+#: Deprecation warnings raised inside peft/transformers on paths peft-mpn uses, that a user cannot act on:
+#: (category, start of the message). peft 0.21 asks transformers 5 for ``is_gradient_checkpointing``.
+KNOWN_WARNINGS = ((FutureWarning, "`is_gradient_checkpointing` is deprecated"),)
 
 #: Weights a new sequence-classification head brings (BERT's pooler, the classifier, decoder heads' ``score``).
 HEAD_PREFIXES = ("classifier.", "bert.pooler.", "roberta.pooler.", "pooler.", "score.", "pre_classifier.")
@@ -55,6 +59,17 @@ def quiet_new_head(prefixes: Sequence[str] = HEAD_PREFIXES) -> Iterator[None]:
         logger.removeFilter(head_filter)
         if bar:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_known_warnings() -> Iterator[None]:
+    """Within the block, hide the :data:`KNOWN_WARNINGS` (exactly those messages); every other warning shows."""
+    import warnings
+
+    with warnings.catch_warnings():
+        for category, message in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+        yield
 
 
 @contextlib.contextmanager
