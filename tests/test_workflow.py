@@ -118,7 +118,9 @@ def test_every_option_shows_its_default():
 
 def test_mined_negatives_are_the_nearest_pool_texts(classifier):
     model, tokenizer = classifier()
-    record = EditRecord(id="x", inputs={"en": "w1 w2 w3 w4 w5 w6", "fr": translate("w1 w2 w3 w4 w5 w6", "fr")}, label=1)
+    record = EditRecord(
+        id="x", inputs={"en": "w1 w2 w3 w4 w5 w6", "fr": translate("w1 w2 w3 w4 w5 w6", "fr")}, label=1
+    )
     pool = [t for t, _ in synthetic_texts(40, seed=3)] + [record.inputs["en"]]  # its own text: never a negative
 
     # reference: the last FFN's input at [CLS], centred by the pool mean, ranked by cosine
@@ -173,7 +175,10 @@ def test_edit_evaluate_report_gives_the_demos_table_and_plot(classifier, tmp_pat
     assert "summary" in json.loads((run / "results.json").read_text())  # not overwritten
 
     evaluate = ["evaluate", "--model", str(base), "--adapter", str(run / "adapter")]
-    assert main([*evaluate, "--edits", str(tmp_path / "edits.jsonl"), "--locality", str(tmp_path / "unrelated.jsonl")]) == 0
+    assert (
+        main([*evaluate, "--edits", str(tmp_path / "edits.jsonl"), "--locality", str(tmp_path / "unrelated.jsonl")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| Method | SR | ER | GR en | GR fr | GR de* |" in out and "Locality raw" in out
     evaluation = json.loads((run / "evaluation.json").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from peft_mpn.benchmark.experiment import ExperimentConfig, neighbour_mask
@@ -45,3 +47,44 @@ def test_config_validates_and_keys_sharpness():
         ExperimentConfig(n_negatives=-1)
     with pytest.raises(ValueError, match="sharpness"):
         ExperimentConfig(sharpness=0)
+
+
+def test_base_key_covers_the_training_data_and_the_versions(monkeypatch):
+    import transformers
+
+    config = ExperimentConfig()
+    rows = [{"text": "query: a", "label": 1}, {"text": "query: b", "label": 0}]
+    key = config.base_key(rows)
+    assert key != config.base_key([*rows[:1], {"text": "query: b", "label": 1}])  # other data: another base
+    assert key != config.base_key()
+    monkeypatch.setattr(transformers, "__version__", "0.0.1")
+    assert key != config.base_key(rows)  # another library version: another base
+
+
+def test_two_runs_print_the_same_table(tmp_path):
+    """The baselines are seeded and the base is keyed: a second run (cached base) reproduces every figure."""
+    from peft_mpn.benchmark.experiment import run_experiment
+    from peft_mpn.benchmark.report import markdown_table
+    from peft_mpn.editing.losses import EditConfig
+
+    config = ExperimentConfig(
+        relations=["capital"],
+        max_countries=30,
+        n_edits=3,
+        memory_size=60,
+        methods=["lora", "ft"],
+        base_train_layers=0,
+        base_epochs=5,
+        edit=EditConfig(patience=7, max_steps=50),
+    )
+    logs: list[str] = []
+    tables, setups = [], []
+    for run in ("a", "b"):
+        results = run_experiment(config, tmp_path / run, cache_dir=tmp_path / "cache", progress=False, log=logs.append)
+        for metrics in results["methods"].values():
+            metrics.pop("seconds_per_edit")
+        tables.append(markdown_table(results))
+        setups.append(results["setup"]["base classifier"])
+    assert json.dumps(tables[0]) == json.dumps(tables[1])
+    assert setups[0].endswith("(trained in this run) in the peft-mpn cache") and "(cached)" in setups[1]
+    assert setups[0].split()[0] == setups[1].split()[0]  # the same key

