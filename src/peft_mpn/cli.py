@@ -99,6 +99,8 @@ def _inspect(args: argparse.Namespace) -> int:
         "neurons": sum(sum(s) for s in sizes.values()),
         "blocks": {block: len(s) for block, s in sizes.items()},
         "languages": config.get("languages", []),
+        "method": config.get("method"),
+        "edits": config.get("edits"),
         "metrics": config.get("metrics", {}),
     }
     print(json.dumps(summary, indent=2, ensure_ascii=False))

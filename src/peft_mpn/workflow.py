@@ -401,7 +401,8 @@ def evaluate(
 
     Returns:
         ``{"methods": {name: summarize(...)}, "train_languages", "heldout_languages", "setup",
-        "accuracy_before", "accuracy_after"}``, ready for ``write_report``.
+        "accuracy_before", "accuracy_after"}``, ready for ``write_report``. Everything is measured on the edited
+        records (``accuracy_*``: per language, before and after the adapter); skipped ones count in ``n_records``.
 
     Raises:
         ValueError: A language no record has, an adapter that is not a PEFT adapter, malformed files.
@@ -451,7 +452,11 @@ def evaluate(
     edited_texts = {t for r in records for t in r.inputs.values()}
     unrelated = [u for u in unrelated if u["text"] not in edited_texts]
     labelled = all("label" in u for u in unrelated) and bool(unrelated)
-    texts = experiment._eval_texts(records, languages, [u["text"] for u in unrelated])
+    # Only the edited records are measured: a skipped record (already right) has no patch to generalise, and a
+    # neighbour that is another edited record is meant to change (``experiment.neighbour_mask``).
+    keep = [i for i, r in enumerate(results_objects) if not r.skipped]
+    edited_records = [records[i] for i in keep]
+    texts = experiment._eval_texts(edited_records, languages, [u["text"] for u in unrelated])
 
     base, tokenizer = _load(model, num_labels)
     flat = [t for group in texts.values() for t in group if t]
@@ -465,7 +470,7 @@ def evaluate(
             inner = m.get_base_model() if hasattr(m, "get_base_model") else m
             return FFNSuffix(m, block, inner.get_submodule(modules["key"]))
 
-        cache = experiment.EvalCache(suffix_of(base), tokenizer, flat)
+        cache = experiment.EvalCache(suffix_of(base), tokenizer, flat)  # below the patched FFN nothing changes
         before = experiment._evaluate(cache.predict(suffix_of(base)), texts)
     except ValueError:  # no fast path for this model: full forward passes
         cache = None
@@ -477,27 +482,18 @@ def evaluate(
         after = experiment._evaluate(lambda batch: predict(edited, tokenizer, batch), texts)
     setup = SimpleNamespace(languages=languages, train_languages=train, heldout_languages=heldout)
     locality_labels = [int(u["label"]) for u in unrelated] if labelled else None
-    # Only the edited records: a neighbour that is another edited record is meant to change, a skipped one is not.
-    keep = [i for i, r in enumerate(results_objects) if not r.skipped]
-    pick = {role: [values[i] for i in keep] for role, values in before.items() if role.startswith("gr:")}
     method_metrics = experiment._method_metrics(
-        setup,
-        [records[i] for i in keep],
-        [results_objects[i] for i in keep],
-        {**before, **pick, **_neighbour_rows(before, records, languages, keep)},
-        {**after, **{role: [after[role][i] for i in keep] for role in pick}}
-        | _neighbour_rows(after, records, languages, keep),
-        locality_labels,
+        setup, edited_records, [results_objects[i] for i in keep], before, after, locality_labels
     )
     method_metrics["seconds_per_edit"] = metrics.seconds_per_edit(results_objects)
     method_metrics.update(n_records=len(results_objects), n_skipped=len(results_objects) - len(keep))
     if not known:
         method_metrics["SR"] = None
-    if not any(r.neighbours for r in records):
+    if not any(r.neighbours for r in edited_records):
         method_metrics["neighbourhood"] = None
     if not unrelated:
         method_metrics["locality"] = None
-    labels = [r.label for r in records]
+    labels = [r.label for r in edited_records]
     name = _LABELS.get(str(adapter_config.get("method") or summary.get("method") or ""), "edited")
     return {
         "methods": {name: method_metrics},
@@ -515,24 +511,6 @@ def evaluate(
             "peft_mpn": __version__,
         },
     }
-
-
-def _neighbour_rows(
-    predictions: dict[str, list[Any]], records: Sequence[Any], languages: Sequence[str], keep: Sequence[int]
-) -> dict[str, list[Any]]:
-    """The ``neighbours`` and ``mono`` predictions of the kept records only, in ``_eval_texts`` order."""
-    out = {}
-    for role, per_record in (
-        ("neighbours", [len(r.neighbours) * len(languages) for r in records]),
-        ("mono", [len(r.rephrases.get("en", [])) for r in records]),
-    ):
-        start, rows = 0, []
-        for i, size in enumerate(per_record):
-            if i in keep:
-                rows += predictions[role][start : start + size]
-            start += size
-        out[role] = rows
-    return out
 
 
 def load_results(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
