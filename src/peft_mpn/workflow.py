@@ -532,7 +532,9 @@ def load_results(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON ({exc.msg}); pass a results.json or {EVALUATION_FILE}.") from exc
+        raise ValueError(
+            f"{path}: not valid JSON ({exc.msg}); pass a results.json (edit, demo) or {EVALUATION_FILE} (evaluate)."
+        ) from exc
     if isinstance(data, dict) and isinstance(data.get("methods"), dict):
         return data, None
     if isinstance(data, dict) and isinstance(data.get("results"), list) and isinstance(data.get("summary"), dict):
