@@ -34,7 +34,9 @@ def edits(tmp_path):
 
 
 def edit(*extra: str) -> list[str]:
-    return ["edit", "--languages", "en", "--max-steps", "50", *extra]
+    # T-Patcher, without a memory unless one is given: these tests are about errors and saves, not the safe defaults
+    memory = [] if "--memory" in extra else ["--no-memory"]
+    return ["edit", "--languages", "en", "--method", "tpatcher", *memory, "--max-steps", "50", *extra]
 
 
 def test_missing_or_unreadable_inputs_get_one_line(tmp_path, edits, capsys):
