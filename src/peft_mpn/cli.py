@@ -222,6 +222,9 @@ def _edit_locked(args: argparse.Namespace, out: Path) -> int:
         raise ValueError(f"--edits {args.edits!r} holds no edit records; nothing to edit, no adapter written.")
     model, tokenizer = _load_model(args.model, args.num_labels)
     memory = [r["text"] for r in _read_examples(args.memory)] if args.memory else []
+    if args.code_switch and not args.aliases:
+        raise ValueError("--code-switch needs --aliases: a JSON alias table {entity: {lang: name}}.")
+    aliases = json.loads(Path(args.aliases).read_text(encoding="utf-8")) if args.aliases else None
     editor = peft_mpn.MPNEditor(
         model,
         tokenizer,
@@ -230,6 +233,8 @@ def _edit_locked(args: argparse.Namespace, out: Path) -> int:
         method=args.method,
         config=EditConfig(max_steps=args.max_steps, seed=args.seed),
         mpn_config=peft_mpn.MPNConfig(sharpness=args.sharpness) if args.method in ("mpn", "tpatcher") else None,
+        aliases=aliases,
+        code_switch=args.code_switch,
     )
     results = editor.edit_stream(records, checkpoint_dir=out / "checkpoint")
     with atomic_directory(out / "adapter") as tmp:  # a crash mid-save leaves the earlier adapter whole
@@ -330,6 +335,7 @@ def _demo(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         sharpness=args.sharpness,
         n_negatives=args.n_negatives,
+        code_switch=args.code_switch,
         seed=args.seed,
         edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
     )
@@ -420,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=_positive_int, default=None, help=labels_help)
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
+    p.add_argument("--aliases", help="JSON alias table {entity: {lang: name}} for --code-switch")
+    p.add_argument(
+        "--code-switch",
+        type=_csv,
+        default=[],
+        help="languages of code-switched training examples: the English edit with its --aliases names in each",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_edit)
 
@@ -465,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-train-layers", type=int, default=1)
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="how the base classifier pools")
     p.add_argument("--n-negatives", type=int, default=3, help="hard negatives per edit and language (0: none)")
+    p.add_argument(
+        "--code-switch",
+        type=_csv,
+        default=[],
+        help="languages of code-switched training examples (English edit, names in these languages, from CLDR)",
+    )
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")
     p.add_argument(

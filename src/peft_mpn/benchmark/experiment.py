@@ -59,6 +59,11 @@ class ExperimentConfig:
             countries; see ``to_edit_records``); 0 trains on the memory alone.
         sharpness: ``MPNConfig.sharpness`` of the T-Patcher and MPN patches (1 is the plain GELU unit, whose
             negative tail leaks onto unrelated claims: see ``docs/benchmark.md``).
+        code_switch: Languages of code-switched training examples for T-Patcher and MPN: the English edit (and its
+            English hard negatives) with the country and value names written in each language, from CLDR names
+            (``peft_mpn.data.aliases.benchmark_alias_table``). Only names are used, never a claim's translation;
+            a code-switch language that is also evaluated is reported in ``setup.code_switch_evaluated`` (its names
+            then appear in evaluation texts). Empty: none.
         seed: Seeds the benchmark, the base training and the edits.
         edit: The edit knobs.
     """
@@ -76,6 +81,7 @@ class ExperimentConfig:
     pooling: str = "cls"
     sharpness: float = 10.0
     n_negatives: int = 3
+    code_switch: list[str] = field(default_factory=list)
     seed: int = 0
     edit: EditConfig = field(default_factory=EditConfig)
 
@@ -96,6 +102,10 @@ class ExperimentConfig:
             raise ValueError(f"ExperimentConfig.n_negatives must be >= 0 (0: none), got {self.n_negatives}.")
         if not self.sharpness > 0:
             raise ValueError(f"ExperimentConfig.sharpness must be > 0 (1: plain FFN unit), got {self.sharpness}.")
+        if isinstance(self.code_switch, str) or "en" in self.code_switch:
+            raise ValueError(
+                f"ExperimentConfig.code_switch must be a list of non-English language codes, got {self.code_switch!r}."
+            )
 
     @property
     def languages(self) -> list[str]:
@@ -111,6 +121,8 @@ class ExperimentConfig:
         """Cache key of the base classifier: everything that shapes it."""
         keys = ("model", "relations", "max_countries", "base_train_layers", "seed", "pooling")
         data = {k: getattr(self, k) for k in keys}
+        # The countries (and so the split) depend on the languages: only countries named in all of them are kept.
+        data["languages"] = sorted(self.languages)
         data["epochs"] = self.base_epochs
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -363,6 +375,11 @@ def run_experiment(
     # The checkpoints are keyed by the settings and by the data the edits see, so a changed benchmark never resumes.
     data_key = hashlib.sha1(json.dumps([[r.to_dict() for r in records], memory], sort_keys=True).encode())
     run_key = f"{config.run_key()}-{data_key.hexdigest()[:8]}"
+    aliases = None
+    if config.code_switch:
+        from ..data.aliases import benchmark_alias_table
+
+        aliases = benchmark_alias_table(config.code_switch, config.languages, config.relations, config.seed)
     methods: dict[str, Any] = {}
     for method in config.methods:
         log(f"editing with {method}: {len(records)} records")
@@ -377,6 +394,7 @@ def run_experiment(
             config=copy.deepcopy(config.edit),
             mpn_config=MPNConfig(sharpness=config.sharpness) if method in ("mpn", "tpatcher") else None,
             progress=progress,
+            **({"aliases": aliases, "code_switch": config.code_switch} if method in ("mpn", "tpatcher") else {}),
         )
         results = editor.edit_stream(records, checkpoint_dir=out / "checkpoints" / f"{method}-{run_key}")
         base.eval()
@@ -402,6 +420,7 @@ def run_experiment(
             "relations": config.relations,
             "n_edits": len(records),
             "memory_size": config.memory_size,
+            "code_switch_evaluated": [lang for lang in config.code_switch if lang in config.languages],
             "evaluation": "final model after all edits of a method (GR and locality include forgetting)",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
             "seconds": round(time.perf_counter() - start, 1),
