@@ -217,14 +217,14 @@ def _edit_locked(args: argparse.Namespace, out: Path) -> int:
     from .editing.losses import EditConfig
     from .utils.io import atomic_directory
 
+    if args.code_switch and not args.aliases:
+        raise ValueError("--code-switch needs --aliases: a JSON alias table {entity: {lang: name}}.")
+    aliases = json.loads(Path(args.aliases).read_text(encoding="utf-8")) if args.aliases else None
     records = peft_mpn.read_records(args.edits)[: args.limit]
     if not records:
         raise ValueError(f"--edits {args.edits!r} holds no edit records; nothing to edit, no adapter written.")
     model, tokenizer = _load_model(args.model, args.num_labels)
     memory = [r["text"] for r in _read_examples(args.memory)] if args.memory else []
-    if args.code_switch and not args.aliases:
-        raise ValueError("--code-switch needs --aliases: a JSON alias table {entity: {lang: name}}.")
-    aliases = json.loads(Path(args.aliases).read_text(encoding="utf-8")) if args.aliases else None
     editor = peft_mpn.MPNEditor(
         model,
         tokenizer,
