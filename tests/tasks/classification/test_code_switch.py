@@ -75,6 +75,14 @@ def test_editor_trains_on_code_switched_examples_and_keeps_them_in_memory(classi
     results = editor.edit_stream([{"id": "r", "inputs": {"en": text}, "label": label}])
     assert results[0].success and set(results[0].correct) == {"en", "en>fr"}
     assert editor.memory_size == before + 2  # the edit and its code-switched form join the memory
+    # still one key, one bias and one value: saved, reloaded and merged exactly
+    texts = [translate(t, lang) for t, _ in synthetic_texts(20, seed=3) for lang in ("en", "fr", "de")]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        edited = editor.model(**batch).logits
+        assert editor.model.num_patches() == 1
+        merged = editor.model.merge_and_unload()(**batch).logits
+    torch.testing.assert_close(merged, edited, atol=1e-5, rtol=1e-5)
 
 
 def _held_out_prediction(classifier, record, **kwargs):
