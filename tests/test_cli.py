@@ -71,6 +71,8 @@ def test_edit_and_evaluate_commands(classifier, tmp_path, capsys):
     write_records(records, tmp_path / "edits.jsonl")
     memory = tmp_path / "memory.jsonl"
     memory.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in synthetic_texts(200, seed=5)))
+    aliases = tmp_path / "aliases.json"
+    aliases.write_text(json.dumps({f"w{i}": {"en": f"w{i}", "fr": f"w{i}_fr"} for i in range(20)}))
 
     code = main(
         [
@@ -89,6 +91,10 @@ def test_edit_and_evaluate_commands(classifier, tmp_path, capsys):
             "3",
             "--sharpness",
             "5",
+            "--aliases",
+            str(aliases),
+            "--code-switch",
+            "fr",
         ]
     )
     assert code == 0
@@ -164,6 +170,8 @@ def test_commands_fail_cleanly(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
     assert main(["edit", "--edits", str(bad), "--output", str(tmp_path / "o"), "--limit", "-1"]) == 2
     assert "--limit must be >= 1" in capsys.readouterr().err
+    assert main(["edit", "--edits", str(bad), "--output", str(tmp_path / "o"), "--code-switch", "ja"]) == 2
+    assert "--code-switch needs --aliases" in capsys.readouterr().err
     assert (tmp_path / "r.json").exists() and (tmp_path / "bad.jsonl").exists()
 
 
@@ -213,6 +221,8 @@ def test_demo_smoke_on_a_tiny_benchmark(tmp_path, capsys):
             str(tmp_path / "cache"),
             "--patience",
             "7",
+            "--code-switch",
+            "ja,ko",
             "--quiet",
         ]
     )
@@ -225,4 +235,6 @@ def test_demo_smoke_on_a_tiny_benchmark(tmp_path, capsys):
     assert set(results["methods"]) == {"T-Patcher", "MPN"}
     assert results["methods"]["MPN"]["SR"] == 1.0
     assert results["setup"]["config"]["edit"]["patience"] == 7
+    assert results["setup"]["config"]["code_switch"] == ["ja", "ko"]
+    assert results["setup"]["code_switch_evaluated"] == []  # Japanese and Korean names; neither is evaluated
     assert main(["report", "--results", str(tmp_path / "demo" / "results.json")]) == 0

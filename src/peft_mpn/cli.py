@@ -197,6 +197,8 @@ def _edit_locked(args: argparse.Namespace, out: Path) -> int:
         seed=args.seed,
         limit=args.limit,
         num_labels=args.num_labels,
+        aliases=args.aliases,
+        code_switch=args.code_switch,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -268,6 +270,7 @@ def _demo(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         sharpness=args.sharpness,
         n_negatives=args.n_negatives,
+        code_switch=args.code_switch,
         seed=args.seed,
         edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
     )
@@ -407,6 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=_positive_int, default=None, help=labels_help)
     p.add_argument("--max-steps", type=int, default=1000, help="step cap per edit")
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
+    p.add_argument("--aliases", help="JSON alias table {entity: {lang: name}} for --code-switch (default: none)")
+    p.add_argument(
+        "--code-switch",
+        type=_csv,
+        default=[],
+        help="languages of code-switched training examples: the English edit with its --aliases names in each "
+        "(default: none)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the edits")
     p.set_defaults(func=_edit)
 
@@ -465,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-train-layers", type=int, default=1)
     p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="how the base classifier pools")
     p.add_argument("--n-negatives", type=int, default=3, help="hard negatives per edit and language (0: none)")
+    p.add_argument(
+        "--code-switch",
+        type=_csv,
+        default=[],
+        help="languages of code-switched training examples (English edit, names in these languages, from CLDR)",
+    )
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")
     p.add_argument(

@@ -265,6 +265,8 @@ def edit(
     seed: int = 0,
     limit: int | None = None,
     num_labels: int | None = None,
+    aliases: str | os.PathLike | dict[str, dict[str, str]] | None = None,
+    code_switch: Sequence[str] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Edit a classifier with a stream of records and save ``adapter/``, ``results.json`` and a checkpoint.
@@ -285,6 +287,9 @@ def edit(
         max_steps, sharpness, seed: The edit's step cap, the patch sharpness and the seed.
         limit: Edit only the first ``limit`` records.
         num_labels: Classes of the classifier (default: a saved classifier's own).
+        aliases: An alias table ``{entity: {lang: name}}`` (or the path of its JSON) for ``code_switch``.
+        code_switch: Languages of code-switched training examples: each record's English input (and negatives) with
+            the names of ``aliases`` written in that language (MPN and T-Patcher; see docs/concepts.md).
         progress: Show progress bars.
 
     Returns:
@@ -305,6 +310,12 @@ def edit(
         raise ValueError(f"--output {os.fspath(output)!r} is a file; pass a directory (it is created if missing).")
     if method not in _LABELS:
         raise ValueError(f"method must be one of {sorted(_LABELS)}, not {method!r}.")
+    if code_switch and not aliases:
+        raise ValueError("--code-switch needs --aliases: a JSON alias table {entity: {lang: name}}.")
+    if code_switch and method not in ("mpn", "tpatcher"):
+        raise ValueError(f"--code-switch trains patch keys; method {method!r} has none (use mpn or tpatcher).")
+    if isinstance(aliases, (str, os.PathLike)):
+        aliases = json.loads(Path(aliases).read_text(encoding="utf-8"))
     records = _records(edits, limit)
     if not records:
         raise ValueError(f"--edits {os.fspath(edits)!r} holds no edit records; nothing to edit, no adapter written.")
@@ -327,6 +338,7 @@ def edit(
         config=EditConfig(max_steps=max_steps, seed=seed, position=position),
         mpn_config=peft_mpn.MPNConfig(sharpness=sharpness) if method in ("mpn", "tpatcher") else None,
         progress=progress,
+        **({"aliases": aliases, "code_switch": list(code_switch)} if code_switch else {}),
     )
     memory_used = len(editor.collator.memory)
     out = Path(output)

@@ -47,6 +47,13 @@ def test_config_validates_and_keys_sharpness():
         ExperimentConfig(n_negatives=-1)
     with pytest.raises(ValueError, match="sharpness"):
         ExperimentConfig(sharpness=0)
+    with pytest.raises(ValueError, match="code_switch"):
+        ExperimentConfig(code_switch="ja")
+    with pytest.raises(ValueError, match="code_switch"):
+        ExperimentConfig(code_switch=["en", "ja"])
+    assert ExperimentConfig(code_switch=["ja"]).run_key() != a.run_key()
+    # the benchmark's countries, hence its split, depend on the languages: so does the cached base
+    assert ExperimentConfig(heldout_languages=["ru"]).base_key() != a.base_key()
 
 
 def test_base_key_covers_the_training_data_and_the_versions(monkeypatch):

