@@ -21,6 +21,8 @@ EPILOG = """examples:
   peft-mpn evaluate --model base/ --adapter run/adapter --edits data/edits.jsonl --locality data/validation.jsonl
   peft-mpn report --results run/evaluation.json         # report.md + report.png, as the demo's
   peft-mpn inspect run/adapter
+  peft-mpn edits list run/adapter                       # the edits behind the patches
+  peft-mpn edits remove run/adapter r17                 # undo one edit, exactly
 """
 
 
@@ -104,6 +106,34 @@ def _inspect(args: argparse.Namespace) -> int:
         "metrics": config.get("metrics", {}),
     }
     print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _edits(args: argparse.Namespace) -> int:
+    from .tuner.edits import remove_saved_edit, saved_edits
+
+    if args.action == "list":
+        edits = saved_edits(args.adapter)
+        if args.json:
+            print(json.dumps(edits, indent=2, ensure_ascii=False))
+            return 0
+        print(f"{len(edits)} edits in {args.adapter}")
+        for e in edits:
+            langs = ",".join(e.get("languages", [])) or "-"
+            steps = e.get("steps", "-")
+            seconds = f"{e['seconds']:.3f}s" if isinstance(e.get("seconds"), (int, float)) else "-"
+            state = "frozen" if e["frozen"] else "trainable"
+            print(f"{e['id']}\tpatches={e['patches']}\tlanguages={langs}\tsteps={steps}\t{seconds}\t"
+                  f"{e.get('time', '-')}\t{state}")  # fmt: skip
+        return 0
+    if not args.ids:
+        return _fail("edits", "remove needs at least one edit id, e.g. `peft-mpn edits remove run/adapter r17`.")
+    source, removed = args.adapter, 0
+    for edit_id in args.ids:
+        removed += remove_saved_edit(source, edit_id, args.output)
+        source = args.output or args.adapter  # the next id is removed from the result
+    where = source
+    print(f"removed {len(args.ids)} edit(s), {removed} patch(es); {len(saved_edits(where))} edits left in {where}")
     return 0
 
 
@@ -325,6 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(commands, "inspect", "summarise an MPN adapter directory", "peft-mpn inspect run/adapter")
     p.add_argument("adapter", help="directory with adapter_config.json")
     p.set_defaults(func=_inspect)
+
+    p = _sub(
+        commands,
+        "edits",
+        "list the edits of an MPN adapter, or remove (undo) some of them exactly",
+        "peft-mpn edits list run/adapter; peft-mpn edits remove run/adapter r17 --output run/adapter-without-r17",
+    )
+    p.add_argument("action", choices=["list", "remove"])
+    p.add_argument("adapter", help="directory with adapter_config.json")
+    p.add_argument("ids", nargs="*", help="remove: the edit (record) ids to undo")
+    p.add_argument("--output", default=None, help="remove: write the adapter here (default: in place)")
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+    p.set_defaults(func=_edits)
 
     p = _sub(
         commands,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import zlib
 from abc import ABC, abstractmethod
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,10 @@ class Strategy(ABC):
         """The trained parameters that are patch values (trained at a larger learning rate)."""
         return []
 
+    def note_edit(self, result: Any, languages: list[str]) -> None:
+        """Record what an edit did (methods that keep one unit per edit, so it can be listed and undone)."""
+        return None
+
     @abstractmethod
     def save(self, directory: str | os.PathLike) -> None:
         """Save the edited state."""
@@ -164,8 +169,23 @@ class PatchStrategy(Strategy):
         h = ffn_input.detach().float()
         check_finite_input(h, record_id)
         key = h / h.norm().clamp_min(1e-8) ** 2  # Transformer-Patcher: pre-activation 1 on the edit input
-        self.model.add_patch(key=key, bias=0.0, value=value, adapter_name=self.adapter_name)
+        self.model.add_patch(key=key, bias=0.0, value=value, adapter_name=self.adapter_name, edit_id=record_id)
         return self.model.patch_parameters(self.adapter_name, newest_only=True)
+
+    def note_edit(self, result: Any, languages: list[str]) -> None:
+        """Write the edit's languages, steps, seconds, UTC time, success and method into the adapter config."""
+        if not any(result.id in ids for ids in self.model.peft_config[self.adapter_name].patch_ids.values()):
+            return  # no patch of this id (e.g. a skipped record)
+        self.model.record_edit(
+            result.id,
+            adapter_name=self.adapter_name,
+            languages=list(languages),
+            steps=int(result.steps),
+            seconds=round(float(result.seconds), 4),
+            time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            success=bool(result.success),
+            method=result.method,
+        )
 
     def newest_patch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         bank = self.parts["key"].bank(self.adapter_name)

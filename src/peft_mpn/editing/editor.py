@@ -160,7 +160,7 @@ class Editor(EditStream):
         self.model.eval()
         self.stopper.reset()
         try:
-            return self._edit(record, start)
+            result = self._edit(record, start)
         except NonFiniteLoss as exc:
             self.strategy.discard()
             self.model.eval()
@@ -168,6 +168,9 @@ class Editor(EditStream):
             seconds = time.perf_counter() - start
             fields = {"steps": exc.step, "seconds": seconds, "losses": exc.losses, "method": self.method}
             return self.result_class(id=record.id, success=False, **fields)
+        if not result.skipped:
+            self.strategy.note_edit(result, self.languages)  # model.edits() lists it; remove_edit(id) undoes it
+        return result
 
     @abstractmethod
     def _edit(self, record: Any, start: float) -> EditResult:
