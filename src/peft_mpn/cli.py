@@ -425,9 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        choices=["mpn", "tpatcher", "ft", "lora"],
+        choices=["mpn", "tpatcher", "ft", "lora", "grace"],
         default="mpn",
-        help="mpn: edit + translations; tpatcher: English only; ft, lora: baselines",
+        help="mpn: edit + translations; tpatcher: English only; ft, lora: baselines; grace: a codebook (English)",
     )
     memory = p.add_mutually_exclusive_group()
     memory.add_argument(
