@@ -79,8 +79,15 @@ def test_edits_lists_ids_patches_and_recorded_info():
     model.record_edit("a", languages=["en", "fr"], steps=12, seconds=0.1)
     listed = {e["id"]: e for e in model.edits()}
     assert list(listed) == ["a", "b", "c", "d"]
-    assert listed["a"] == {"id": "a", "patches": 1, "neurons": 1, "frozen": True, "languages": ["en", "fr"],
-                           "steps": 12, "seconds": 0.1}  # fmt: skip
+    assert listed["a"] == {
+        "id": "a",
+        "patches": 1,
+        "neurons": 1,
+        "frozen": True,
+        "languages": ["en", "fr"],
+        "steps": 12,
+        "seconds": 0.1,
+    }
     assert listed["b"]["patches"] == 2 and listed["b"]["neurons"] == 3 and listed["b"]["frozen"] is False
     with pytest.raises(ValueError, match="no patch of adapter 'default' fixes edit 'zz'"):
         model.record_edit("zz", steps=1)

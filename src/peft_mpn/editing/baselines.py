@@ -71,8 +71,10 @@ class BaselineConfig:
         for name in ("lr", "replay_weight", "weight_decay"):
             value = getattr(self, name)
             if not is_real(value) or value < 0 or (name == "lr" and value == 0):
-                raise ValueError(f"BaselineConfig.{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, "
-                                 f"got {value!r}.")  # fmt: skip
+                raise ValueError(
+                    f"BaselineConfig.{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, "
+                    f"got {value!r}."
+                )
         if self.norm_constraint is not None and (not is_real(self.norm_constraint) or self.norm_constraint <= 0):
             raise ValueError(f"BaselineConfig.norm_constraint must be > 0 or None, got {self.norm_constraint!r}.")
         for name, least in (("max_steps", 1), ("replay", 0), ("rank", 1), ("seed", None)):

@@ -85,8 +85,10 @@ def remove_saved_edit(directory: str | os.PathLike, edit_id: str, output: str | 
     if not any(plan.values()):
         known = [e["id"] for e in saved_edits(source)]
         shown = ", ".join(repr(i) for i in known[:10]) + (", ..." if len(known) > 10 else "")
-        raise ValueError(f"no patch of the adapter in {os.fspath(source)!r} fixes edit {edit_id!r}; its edits are: "
-                         f"{shown or 'none'}. List them with `peft-mpn edits list`.")  # fmt: skip
+        raise ValueError(
+            f"no patch of the adapter in {os.fspath(source)!r} fixes edit {edit_id!r}; its edits are: "
+            f"{shown or 'none'}. List them with `peft-mpn edits list`."
+        )
     weights_path = source / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_FILE} in {os.fspath(source)!r}.")

@@ -33,8 +33,9 @@ def test_remove_edit_undoes_one_edit_of_a_stream(classifier, tmp_path):
     listed = model.edits()
     assert [e["id"] for e in listed] == [r.id for r in records]
     assert all(e["languages"] == LANGS and e["steps"] == r.steps and e["frozen"] for e, r in zip(listed, results))
-    assert all(e["method"] == "mpn" and e["success"] and e["seconds"] > 0 and e["time"].endswith("+00:00")
-               for e in listed)  # fmt: skip
+    assert all(
+        e["method"] == "mpn" and e["success"] and e["seconds"] > 0 and e["time"].endswith("+00:00") for e in listed
+    )
 
     english = [r.inputs["en"] for r in records]
     assert predictions(model, tokenizer, english) == [r.label for r in records]
