@@ -8,8 +8,8 @@ earlier ones, and at every point of ``points`` the edited model is measured on:
   languages, predicted as the label (and **GR held-out fixed**: among translations the original model got wrong);
 - **locality**: unrelated claims (never edited, never in the memory) whose prediction equals the **original**
   model's (not the previous point's);
-- **neighbourhood**: other claims about the countries edited so far (the first ``neighbours`` of each record that
-  are not edits anywhere in the stream, in every language), whose prediction equals the original's;
+- **neighbourhood**: other claims about the countries edited so far (the first ``neighbours`` of each record, in
+  every language, left out while they are themselves edited so far), whose prediction equals the original's;
 - **seconds per edit** over the edits since the previous point, and **inference overhead**: a full forward pass of
   the edited model on a fixed batch against the original model, median ratio over interleaved rounds.
 
@@ -45,6 +45,7 @@ from ..editing.grace import GraceConfig
 from ..editing.losses import EditConfig
 from ..tasks.classification.editor import MPNEditor
 from ..tuner.config import MPNConfig
+from ..utils.io import atomic_write_text
 
 
 LABELS = {"tpatcher": "T-Patcher", "mpn": "MPN", "grace": "GRACE", "ft": "FT-L", "lora": "LoRA"}
@@ -131,7 +132,7 @@ class LifelongData:
     records: list[EditRecord]
     memory: dict[str, list[str]]
     locality: list[str]
-    neighbours: list[list[str]]  # per record: its measured neighbour texts, every language
+    neighbours: list[list[tuple[int | None, list[str]]]]  # per record and neighbour: where it is edited, its texts
     neighbour_labels: list[list[int]]
     available: int  # records the benchmark could supply for this split
 
@@ -200,12 +201,21 @@ def build_data(
         "multi": [t for lang, t in sampled if lang in config.train_languages][: config.memory_size],
     }
     locality = [r["inputs"][lang] for r in locality_rows for lang in config.languages]
-    edited_en = {r.inputs["en"] for r in records}
+    position = {r.inputs["en"]: i for i, r in enumerate(records)}
     neighbours, neighbour_labels = [], []
     for record in records:
-        kept = [n for n in record.neighbours if n["inputs"].get("en") not in edited_en][: config.neighbours]
-        neighbours.append([n["inputs"][lang] for n in kept for lang in config.languages if lang in n["inputs"]])
-        neighbour_labels.append([n["label"] for n in kept for lang in config.languages if lang in n["inputs"]])
+        kept = record.neighbours[: config.neighbours]
+        # (the position in the stream at which this neighbour is itself edited, or None; its texts)
+        neighbours.append(
+            [
+                (
+                    position.get(n["inputs"].get("en")),
+                    [n["inputs"][lang] for lang in config.languages if lang in n["inputs"]],
+                )
+                for n in kept
+            ]
+        )
+        neighbour_labels.append([n["label"] for n in kept])
     return LifelongData(records, memory, locality, neighbours, neighbour_labels, available)
 
 
@@ -336,6 +346,38 @@ def _patch_diagnostics(editor: MPNEditor, reads: torch.Tensor) -> dict[str, Any]
     }
 
 
+@torch.no_grad()
+def _threshold_sweep(
+    editor: MPNEditor, cache: ReadCache, data: LifelongData, records: list[EditRecord], original: dict[str, Any]
+) -> dict[str, dict[str, float | None]]:
+    """Locality, ER and held-out GR if every patch fired only above ``delta`` (its bias lowered by ``delta``).
+
+    A post-hoc probe of where locality is lost: flips caused by patches that fire weakly on unrelated inputs vanish
+    as ``delta`` grows, at the price of the edits (and translations) whose own pre-activation is below it.
+    """
+    blocks = editor.model.patch_blocks()
+    bank = next(iter(blocks.values()))["key"].bank(editor.strategy.adapter_name)
+    if len(bank.weights):
+        return {}
+    saved = bank.frozen_bias.clone()
+    out = {}
+    try:
+        for delta in (0.5, 1.0, 2.0):
+            bank.frozen_bias.copy_(saved - delta)
+            after = cache.predict(editor.suffix, data.locality)
+            er = cache.predict(editor.suffix, [r.inputs["en"] for r in records])
+            held = [(r.inputs[lang], r.label) for r in records for lang in ("ru", "ar", "zh") if lang in r.inputs]
+            gr = cache.predict(editor.suffix, [t for t, _ in held])
+            out[str(delta)] = {
+                "locality": _share([a == b for a, b in zip(after, original["locality"])]),
+                "ER": _share([p == r.label for p, r in zip(er, records)]),
+                "GR_heldout": _share([p == y for p, (_, y) in zip(gr, held)]),
+            }
+    finally:
+        bank.frozen_bias.copy_(saved)
+    return out
+
+
 def run_method(
     config: LifelongConfig,
     method: str,
@@ -343,10 +385,14 @@ def run_method(
     tokenizer: Any,
     data: LifelongData,
     cache: ReadCache,
-    original: dict[str, list[int]],
+    original: dict[str, Any],
     log: Callable[[str], None],
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Edit the stream with ``method`` and measure it at every point; returns one row per point."""
+    """Edit the stream with ``method`` and measure it at every point; returns one row per point.
+
+    ``on_row`` is called with each row as soon as it is measured (so that a run cut short keeps its points).
+    """
     torch.manual_seed(config.seed)
     editor = _editor(config, method, copy.deepcopy(base), tokenizer, data)
     editor.cache_memory()
@@ -378,8 +424,9 @@ def run_method(
         row["GR_heldout_fixed"] = _share([p == y for p, (_, y) in zip(preds, fixed)])
         after = cache.predict(suffix, data.locality)
         row["locality"] = _share([a == b for a, b in zip(after, original["locality"])])
-        neighbour_texts = [t for i in range(point) for t in data.neighbours[i]]  # none of them is an edit
-        preds = cache.predict(suffix, neighbour_texts)
+        neighbour_texts = [
+            t for i in range(point) for at, group in data.neighbours[i] if at is None or at >= point for t in group
+        ]  # neighbours not edited so far        preds = cache.predict(suffix, neighbour_texts)
         row["neighbourhood"] = _share([p == original[t] for p, t in zip(preds, neighbour_texts)])
         row["SR"] = _share([r.success for r in results])
         row["seconds_per_edit"] = seconds / max(len(segment), 1)
@@ -391,7 +438,11 @@ def run_method(
             flipped = sum(a != b for a, b in zip(after, original["locality"]))
             row["locality_flipped"] = flipped
             row.update(diagnostics)
+            row["memory_texts"] = editor.memory_size  # every earlier edit joined the memory of later ones
+            row["threshold_sweep"] = _threshold_sweep(editor, cache, data, records, original)
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
         log(
             f"{LABELS[method]} @ {point}: "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k not in ("method", "edits"))
@@ -405,19 +456,24 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def run_lifelong(
-    config: LifelongConfig,
-    output: str | Path | None = None,
-    *,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Run the curve for every method; write ``lifelong.json`` (and ``lifelong.md``) into ``output`` if given."""
-    started = time.perf_counter()
+@dataclass
+class Prepared:
+    """What every method of a run shares: the original model, its tokenizer, the data, the cached reads and the
+    original model's predictions (``text -> class``, and ``"locality"``: the locality texts' in order)."""
+
+    base: torch.nn.Module
+    tokenizer: Any
+    data: LifelongData
+    cache: ReadCache
+    original: dict[str, Any]
+
+
+def prepare(config: LifelongConfig, log: Callable[[str], None] = print) -> Prepared:
+    """Load the original model, build the data, cache the evaluation reads and check them against the full model."""
     torch.manual_seed(config.seed)
     base, tokenizer = load_model(config, log)
-    probe = _editor(
-        config, "tpatcher", copy.deepcopy(base), tokenizer, LifelongData([], {"en": [], "multi": []}, [], [], [], 0)
-    )
+    empty = LifelongData([], {"en": [], "multi": []}, [], [], [], 0)
+    probe = _editor(config, "tpatcher", copy.deepcopy(base), tokenizer, empty)
 
     def predict_full(texts: list[str]) -> list[int]:
         out = []
@@ -431,7 +487,7 @@ def run_lifelong(
 
     data = build_data(config, predict_full, log)
     texts = [t for r in data.records for t in r.inputs.values()] + data.locality
-    texts += [t for group in data.neighbours for t in group]
+    texts += [t for per_record in data.neighbours for _, group in per_record for t in group]
     log(f"caching the [CLS] FFN inputs of {len(set(texts))} evaluation texts")
     cache = ReadCache(probe, texts)
     sample = data.locality[:16] + [r.inputs["en"] for r in data.records[:16]]
@@ -446,13 +502,57 @@ def run_lifelong(
     every = list(dict.fromkeys(texts))
     original: dict[str, Any] = dict(zip(every, cache.predict(base_suffix, every)))  # text -> original prediction
     original["locality"] = [original[t] for t in data.locality]
-    del probe
+    return Prepared(base, tokenizer, data, cache, original)
 
-    rows = []
+
+def run_lifelong(
+    config: LifelongConfig,
+    output: str | Path | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the curve for every method; write ``lifelong.json`` (and ``lifelong.md``) into ``output`` if given."""
+    started = time.perf_counter()
+    prepared = prepare(config, log)
+    base, tokenizer, data, cache, original = (
+        prepared.base,
+        prepared.tokenizer,
+        prepared.data,
+        prepared.cache,
+        prepared.original,
+    )
+    rows: list[dict[str, Any]] = []
+
+    def save(complete: bool) -> dict[str, Any]:
+        report = _report(config, data, rows, started, complete)
+        if output is not None:
+            out = Path(output)
+            out.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(report, indent=2, allow_nan=False, default=_none) + "\n"
+            atomic_write_text(out / "lifelong.json", text)
+            atomic_write_text(out / "lifelong.md", markdown_table(rows) + "\n")
+        return report
+
     for method in config.methods:
         log(f"editing {max(config.points)} records with {LABELS[method]}")
-        rows += run_method(config, method, base, tokenizer, data, cache, original, log)
-    report = {
+        run_method(
+            config,
+            method,
+            base,
+            tokenizer,
+            data,
+            cache,
+            original,
+            log,
+            on_row=lambda row: (rows.append(row), save(False)),
+        )
+    return save(True)
+
+
+def _report(
+    config: LifelongConfig, data: LifelongData, rows: list[dict[str, Any]], started: float, complete: bool
+) -> dict[str, Any]:
+    return {
         "benchmark": "lifelong",
         "config": {
             **asdict(config),
@@ -464,14 +564,9 @@ def run_lifelong(
         "memory_texts": {k: len(v) for k, v in data.memory.items()},
         "locality_texts": len(data.locality),
         "rows": rows,
+        "complete": complete,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if output is not None:
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "lifelong.json").write_text(json.dumps(report, indent=2, allow_nan=False, default=_none) + "\n")
-        (out / "lifelong.md").write_text(markdown_table(rows) + "\n")
-    return report
 
 
 def _none(value: Any) -> Any:
@@ -545,4 +640,13 @@ def plot(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["LifelongConfig", "build_data", "markdown_table", "plot", "run_lifelong"]
+__all__ = [
+    "LifelongConfig",
+    "Prepared",
+    "build_data",
+    "markdown_table",
+    "plot",
+    "prepare",
+    "run_lifelong",
+    "run_method",
+]
