@@ -161,6 +161,7 @@ def _lifelong(args: argparse.Namespace) -> int:
             points=args.points,
             split=args.split,
             memory_size=args.memory,
+            value_negatives=args.value_negatives,
             model=args.model,
             max_countries=args.max_countries,
             timing_rounds=args.timing_rounds,
@@ -569,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm-constraint", type=float, default=None, help="FT-L L-inf bound per edit (0: none)")
     p.add_argument("--replay", type=int, default=None, help="FT-L/LoRA memory texts replayed per edit")
     p.add_argument("--radius", type=_positive, default=None, help="GRACE deferral radius")
+    p.add_argument(
+        "--value-negatives",
+        type=int,
+        default=0,
+        help="extra negatives per edit: same relation and value, other countries",
+    )
     p.add_argument("--output", default=None, help="directory for lifelong.json and lifelong.md")
     p.add_argument("--plot", default=None, help="write the curve as a PNG")
     p.add_argument("--combine", nargs="+", default=None, help="lifelong.json files to join into one table/plot")

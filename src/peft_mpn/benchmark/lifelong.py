@@ -64,12 +64,17 @@ class LifelongConfig:
         relations: Relations of the edited claims.
         split: ``"test"`` (the reported curve) or ``"validation"`` (hyperparameter search; never touches test).
         memory_size: Memory texts (claims about training countries no edit touches).
-        n_negatives: Hard negatives per edit and language.
+        n_negatives: Hard negatives per edit and language (the same country and relation, other values).
+        value_negatives: Extra hard negatives per edit and language: claims of the same relation and *value* about
+            other countries, taken from the memory's countries (never an evaluation text); 0 for none.
         neighbours: Neighbours (other claims about the same country) measured per record, in every language.
         sharpness: ``MPNConfig.sharpness`` of the patches.
         model: ``None`` for the demo's e5-small classifier (cached), ``"tiny"`` for a random smoke-test model.
         max_countries: Limit the benchmark (smoke runs).
         timing_rounds: Interleaved rounds of the inference timing (0 to skip it).
+        eval_all, eval_stride: GR and neighbourhood are measured on the first ``eval_all`` records and on every
+            ``eval_stride``-th record after them (ER and locality on every record and text): encoding every
+            translation and neighbour of 1,000 records would cost more than the edits on a 2-core machine.
         edit: The patches' `EditConfig`.
         baseline: FT-L's and LoRA's `BaselineConfig`.
         grace: GRACE's `GraceConfig`.
@@ -84,11 +89,14 @@ class LifelongConfig:
     split: str = "test"
     memory_size: int = 1000
     n_negatives: int = 3
+    value_negatives: int = 0
     neighbours: int = 2
     sharpness: float = 10.0
     model: str | None = None
     max_countries: int | None = None
     timing_rounds: int = 5
+    eval_all: int = 100
+    eval_stride: int = 5
     edit: EditConfig = field(default_factory=EditConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     grace: GraceConfig = field(default_factory=GraceConfig)
@@ -113,6 +121,10 @@ class LifelongConfig:
                 "LifelongConfig: train_languages must include 'en' and share none with heldout_languages."
             )
 
+    def in_sample(self, index: int) -> bool:
+        """Whether the record at ``index`` of the stream is one whose translations and neighbours are measured."""
+        return index < self.eval_all or (index - self.eval_all) % self.eval_stride == 0
+
     @property
     def languages(self) -> list[str]:
         """Training then held-out languages."""
@@ -120,7 +132,17 @@ class LifelongConfig:
 
     def data_key(self) -> str:
         """Key of what shapes the data and its cached encodings."""
-        keys = ("relations", "split", "memory_size", "n_negatives", "neighbours", "model", "max_countries", "seed")
+        keys = (
+            "relations",
+            "split",
+            "memory_size",
+            "n_negatives",
+            "value_negatives",
+            "neighbours",
+            "model",
+            "max_countries",
+            "seed",
+        )
         data = {k: getattr(self, k) for k in keys} | {"languages": self.languages, "n": max(self.points)}
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -186,10 +208,18 @@ def build_data(
         )
     chosen = candidates[:need]
     base = predict([r["inputs"]["en"] for r in chosen])
+    by_value: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in memory_pool:
+        by_value.setdefault((r["meta"]["relation"], r["meta"]["value_key"]), []).append(r)
     records = []
     for row, prediction in zip(chosen, base):
         label = row["label"] if prediction != row["label"] else 1 - row["label"]  # wrong: the truth; right: flipped
-        records.append(EditRecord.from_dict({**row, "label": label}))
+        negatives = {lang: list(texts) for lang, texts in row.get("negatives", {}).items()}
+        same_value = by_value.get((row["meta"]["relation"], row["meta"]["value_key"]), [])[: config.value_negatives]
+        for other in same_value:  # other countries, same relation and value: what a patch must not learn
+            for lang, text in other["inputs"].items():
+                negatives.setdefault(lang, []).append(text)
+        records.append(EditRecord.from_dict({**row, "label": label, "negatives": negatives}))
     wrong = sum(p != r["label"] for p, r in zip(base, chosen))
     log(f"{len(records)} records ({wrong} the base gets wrong, {len(records) - wrong} flipped); {available} available")
 
@@ -395,6 +425,10 @@ def run_method(
     """
     torch.manual_seed(config.seed)
     editor = _editor(config, method, copy.deepcopy(base), tokenizer, data)
+    memory = editor.collator.memory
+    if memory and editor.config.position == "cls" and all(t in cache.index for t in memory):  # cached already
+        reads = cache.reads[[cache.index[t] for t in memory]]
+        editor._memory.append(reads, torch.arange(len(memory)), len(memory))
     editor.cache_memory()
     timing = tokenizer(data.locality[:32], padding=True, truncation=True, max_length=128, return_tensors="pt")
     rows, done, results = [], 0, []
@@ -406,17 +440,19 @@ def run_method(
         seconds = time.perf_counter() - start
         done = point
         records = data.records[:point]
+        sample = [i for i in range(point) if config.in_sample(i)]  # GR and neighbourhood are measured on these
         suffix = editor.suffix
         row: dict[str, Any] = {"method": LABELS[method], "edits": point}
         er = cache.predict(suffix, [r.inputs["en"] for r in records])
         row["ER"] = _share([p == r.label for p, r in zip(er, records)])
+        sampled = [records[i] for i in sample]
         for name, langs in (("GR_train", train_other), ("GR_heldout", config.heldout_languages)):
-            texts = [(r.inputs[lang], r.label) for r in records for lang in langs]
+            texts = [(r.inputs[lang], r.label) for r in sampled for lang in langs]
             preds = cache.predict(suffix, [t for t, _ in texts])
             row[name] = _share([p == y for p, (_, y) in zip(preds, texts)])
         fixed = [
             (r.inputs[lang], r.label)
-            for r in records
+            for r in sampled
             for lang in config.heldout_languages
             if original[r.inputs[lang]] != r.label
         ]
@@ -425,8 +461,9 @@ def run_method(
         after = cache.predict(suffix, data.locality)
         row["locality"] = _share([a == b for a, b in zip(after, original["locality"])])
         neighbour_texts = [
-            t for i in range(point) for at, group in data.neighbours[i] if at is None or at >= point for t in group
-        ]  # neighbours not edited so far        preds = cache.predict(suffix, neighbour_texts)
+            t for i in sample for at, group in data.neighbours[i] if at is None or at >= point for t in group
+        ]  # neighbours not edited so far
+        preds = cache.predict(suffix, neighbour_texts)
         row["neighbourhood"] = _share([p == original[t] for p, t in zip(preds, neighbour_texts)])
         row["SR"] = _share([r.success for r in results])
         row["seconds_per_edit"] = seconds / max(len(segment), 1)
@@ -486,8 +523,11 @@ def prepare(config: LifelongConfig, log: Callable[[str], None] = print) -> Prepa
         return out
 
     data = build_data(config, predict_full, log)
-    texts = [t for r in data.records for t in r.inputs.values()] + data.locality
-    texts += [t for per_record in data.neighbours for _, group in per_record for t in group]
+    sampled = [i for i in range(len(data.records)) if config.in_sample(i)]
+    texts = [r.inputs["en"] for r in data.records] + data.locality
+    texts += [t for i in sampled for t in data.records[i].inputs.values()]
+    texts += [t for i in sampled for _, group in data.neighbours[i] for t in group]
+    texts += data.memory["en"] + data.memory["multi"]  # read once here, handed to every method's memory
     log(f"caching the [CLS] FFN inputs of {len(set(texts))} evaluation texts")
     cache = ReadCache(probe, texts)
     sample = data.locality[:16] + [r.inputs["en"] for r in data.records[:16]]
