@@ -24,24 +24,17 @@ from peft_mpn.editing.grace import GraceConfig
 
 GRID = {
     "ft": [
-        {"lr": lr, "norm_constraint": eps, "max_steps": steps, "replay": replay}
-        for lr, eps, steps, replay in [
-            (1e-4, None, 20, 0),
-            (1e-3, None, 20, 0),
-            (1e-2, None, 20, 0),
-            (1e-3, 5e-4, 20, 0),
-            (1e-3, 2e-3, 20, 0),
-            (1e-2, 2e-3, 20, 0),
-            (1e-2, 5e-4, 20, 0),
-            (1e-3, 2e-3, 20, 64),
-            (1e-3, 2e-3, 40, 64),
+        {"lr": lr, "norm_constraint": eps, "max_steps": 20, "replay": replay}
+        for lr, eps, replay in [
+            (1e-4, None, 0),
+            (1e-5, None, 0),
+            (1e-6, None, 0),
+            (1e-5, None, 64),
+            (1e-4, 5e-4, 64),
         ]
     ],
-    "lora": [
-        {"lr": lr, "max_steps": steps, "replay": replay}
-        for lr, steps, replay in [(1e-4, 20, 0), (1e-3, 20, 0), (1e-2, 20, 0), (1e-3, 20, 64), (1e-3, 40, 64)]
-    ],
-    "grace": [{"radius": r} for r in (1.0, 2.0, 3.0, 4.0, 6.0)],
+    "lora": [{"lr": lr, "max_steps": 20, "replay": replay} for lr, replay in [(1e-3, 0), (1e-4, 0), (1e-4, 64)]],
+    "grace": [{"radius": r} for r in (1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0)],
 }
 
 
@@ -53,11 +46,12 @@ def score(row: dict) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="ft,lora,grace")
-    parser.add_argument("--edits", type=_common.positive_int, default=200)
+    parser.add_argument("--edits", type=_common.positive_int, default=100)
     parser.add_argument("--model", default=None)
     parser.add_argument("--max-countries", type=_common.positive_int, default=None)
     parser.add_argument("--memory", type=_common.positive_int, default=1000)
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
+    parser.add_argument("--grace-radii", default=None, help="only these GRACE radii, e.g. 8,12,16")
     args = parser.parse_args(argv)
     config = LifelongConfig(
         points=[args.edits], split="validation", model=args.model, max_countries=args.max_countries,
@@ -65,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     prepared = prepare(config, log)
+    if args.grace_radii:
+        GRID["grace"] = [{"radius": float(r)} for r in args.grace_radii.split(",")]
     rows, chosen = [], {}
     for method in args.methods.split(","):
         best = None

@@ -166,7 +166,7 @@ def _lifelong(args: argparse.Namespace) -> int:
             max_countries=args.max_countries,
             timing_rounds=args.timing_rounds,
             edit=EditConfig(seed=args.seed),
-            baseline=BaselineConfig(seed=args.seed, **baseline),
+            baseline=BaselineConfig(seed=args.seed, **baseline) if baseline else None,
             grace=GraceConfig(**({} if args.radius is None else {"radius": args.radius})),
             seed=args.seed,
         )

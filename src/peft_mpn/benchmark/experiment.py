@@ -68,7 +68,8 @@ class ExperimentConfig:
             then appear in evaluation texts). Empty: none.
         seed: Seeds the benchmark, the base training and the edits.
         edit: The edit knobs.
-        baseline: How FT-L and LoRA edit (chosen on the validation split; see docs/benchmark.md).
+        baseline: How FT-L and LoRA edit; ``None``: each its settings chosen on the validation split
+            (``BaselineConfig.for_method``, docs/benchmark.md).
     """
 
     model: str | None = None
@@ -87,7 +88,7 @@ class ExperimentConfig:
     code_switch: list[str] = field(default_factory=list)
     seed: int = 0
     edit: EditConfig = field(default_factory=EditConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    baseline: BaselineConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.edit, dict):
@@ -121,7 +122,7 @@ class ExperimentConfig:
     def run_key(self) -> str:
         """Key of everything that shapes the edits, so a changed setting never resumes another run's checkpoint."""
         data = {**asdict(self), "edit": self.edit.to_dict(), "base": self.base_key()}
-        if data["baseline"] == BaselineConfig().to_dict() and set(self.methods) <= {"mpn", "tpatcher"}:
+        if data["baseline"] is None and set(self.methods) <= {"mpn", "tpatcher"}:
             del data["baseline"]  # patch-only runs keep their keys (and checkpoints)
         return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -420,7 +421,9 @@ def run_experiment(
             method=method,
             config=copy.deepcopy(edit_config),
             mpn_config=MPNConfig(sharpness=config.sharpness) if method in ("mpn", "tpatcher") else None,
-            baseline=copy.deepcopy(config.baseline) if method in ("ft", "lora") else None,
+            baseline=(copy.deepcopy(config.baseline) or BaselineConfig.for_method(method, seed=config.seed))
+            if method in ("ft", "lora")
+            else None,
             progress=progress,
             **({"aliases": aliases, "code_switch": config.code_switch} if method in ("mpn", "tpatcher") else {}),
         )
@@ -453,7 +456,11 @@ def run_experiment(
             "evaluation": "final model after all edits of a method (GR and locality include forgetting)",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
             "seconds": round(time.perf_counter() - start, 1),
-            "config": {**asdict(config), "edit": config.edit.to_dict(), "baseline": config.baseline.to_dict()},
+            "config": {
+                **asdict(config),
+                "edit": config.edit.to_dict(),
+                "baseline": None if config.baseline is None else config.baseline.to_dict(),
+            },
         },
     }
     write_report(results, out)

@@ -26,12 +26,13 @@ not touched. Every evaluation reads the [CLS] FFN input of the edited layer, cac
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class LifelongConfig:
             ``eval_stride``-th record after them (ER and locality on every record and text): encoding every
             translation and neighbour of 1,000 records would cost more than the edits on a 2-core machine.
         edit: The patches' `EditConfig`.
-        baseline: FT-L's and LoRA's `BaselineConfig`.
+        baseline: FT-L's and LoRA's `BaselineConfig`; ``None``: each its own, chosen on the validation split.
         grace: GRACE's `GraceConfig`.
         seed: Seeds the data and the edits.
     """
@@ -98,7 +99,7 @@ class LifelongConfig:
     eval_all: int = 100
     eval_stride: int = 5
     edit: EditConfig = field(default_factory=EditConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    baseline: BaselineConfig | None = None
     grace: GraceConfig = field(default_factory=GraceConfig)
     seed: int = 0
 
@@ -336,7 +337,9 @@ def _editor(config: LifelongConfig, method: str, model: torch.nn.Module, tokeniz
         method=method,
         config=copy.deepcopy(config.edit),
         mpn_config=MPNConfig(sharpness=config.sharpness) if method in ("mpn", "tpatcher") else None,
-        baseline=copy.deepcopy(config.baseline) if method in ("ft", "lora") else None,
+        baseline=(copy.deepcopy(config.baseline) or BaselineConfig.for_method(method, seed=config.seed))
+        if method in ("ft", "lora")
+        else None,
         grace=copy.deepcopy(config.grace) if method == "grace" else None,
         progress=False,
     )
@@ -423,6 +426,25 @@ def run_method(
 
     ``on_row`` is called with each row as soon as it is measured (so that a run cut short keeps its points).
     """
+    rows = []
+    for row in method_rows(config, method, base, tokenizer, data, cache, original, log):
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def method_rows(
+    config: LifelongConfig,
+    method: str,
+    base: torch.nn.Module,
+    tokenizer: Any,
+    data: LifelongData,
+    cache: ReadCache,
+    original: dict[str, Any],
+    log: Callable[[str], None],
+) -> Iterator[dict[str, Any]]:
+    """`run_method` as a generator: edits up to the next point, yields its row, and so on (keeping its editor)."""
     torch.manual_seed(config.seed)
     editor = _editor(config, method, copy.deepcopy(base), tokenizer, data)
     memory = editor.collator.memory
@@ -431,10 +453,13 @@ def run_method(
         editor._memory.append(reads, torch.arange(len(memory)), len(memory))
     editor.cache_memory()
     timing = tokenizer(data.locality[:32], padding=True, truncation=True, max_length=128, return_tensors="pt")
-    rows, done, results = [], 0, []
+    stream = data.records
+    if method not in ("mpn", "tpatcher"):  # hard negatives feed only the patches' memory loss: skip encoding them
+        stream = [dataclasses.replace(r, negatives={}) for r in data.records]
+    done, results = 0, []
     train_other = [lang for lang in config.train_languages if lang != "en"]
     for point in config.points:
-        segment = data.records[done:point]
+        segment = stream[done:point]
         start = time.perf_counter()
         results += editor.edit_stream(segment, skip_correct=False)
         seconds = time.perf_counter() - start
@@ -477,14 +502,11 @@ def run_method(
             row.update(diagnostics)
             row["memory_texts"] = editor.memory_size  # every earlier edit joined the memory of later ones
             row["threshold_sweep"] = _threshold_sweep(editor, cache, data, records, original)
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
         log(
             f"{LABELS[method]} @ {point}: "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k not in ("method", "edits"))
         )
-    return rows
+        yield row
 
 
 def _fmt(value: Any) -> str:
@@ -573,19 +595,15 @@ def run_lifelong(
             atomic_write_text(out / "lifelong.md", markdown_table(rows) + "\n")
         return report
 
-    for method in config.methods:
-        log(f"editing {max(config.points)} records with {LABELS[method]}")
-        run_method(
-            config,
-            method,
-            base,
-            tokenizer,
-            data,
-            cache,
-            original,
-            log,
-            on_row=lambda row: (rows.append(row), save(False)),
-        )
+    # breadth first: every method up to a point before any goes further, so a run cut short has whole points
+    streams = {
+        method: method_rows(config, method, base, tokenizer, data, cache, original, log) for method in config.methods
+    }
+    for point in config.points:
+        for method, stream in streams.items():
+            log(f"editing up to {point} records with {LABELS[method]}")
+            rows.append(next(stream))
+            save(False)
     return save(True)
 
 
@@ -597,7 +615,7 @@ def _report(
         "config": {
             **asdict(config),
             "edit": config.edit.to_dict(),
-            "baseline": config.baseline.to_dict(),
+            "baseline": None if config.baseline is None else config.baseline.to_dict(),
             "grace": config.grace.to_dict(),
         },
         "records_available": data.available,

@@ -34,10 +34,10 @@ class GraceConfig:
     """How the GRACE-style codebook edits. The default radius was chosen on the validation split.
 
     Args:
-        radius: Deferral radius of a new key: the Euclidean distance, in the FFN input's own units, within which an
-            input uses the key's value. Typical distances on multilingual-e5-small's last FFN input: an English
-            claim to its translations 4-9, to another claim about the same country 3-6, to unrelated claims 7-12
-            (docs/benchmark.md).
+        radius: Deferral radius of a new key: the Euclidean distance, in the FFN input's own units (the output of
+            the layer norm before the FFN), within which an input uses the key's value. The default was chosen on
+            the validation split of the benchmark for multilingual-e5-small (docs/benchmark.md); other models need
+            their own.
         lr: Adam learning rate of the value, in units of the RMS of the layer's own output at the edit (the value
             starts as that output, so the edit changes nothing at step 0).
         max_steps: Step cap per edit (it also stops as soon as the edit is right).

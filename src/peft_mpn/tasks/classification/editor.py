@@ -376,7 +376,8 @@ class MPNEditor(Editor):
         if reads is None or not len(self._memory):
             return None
         if self.config.position != "cls":
-            raise ValueError("BaselineConfig.replay needs EditConfig.position='cls' (the memory holds [CLS] inputs).")
+            logger.warning("BaselineConfig.replay applies with EditConfig.position='cls' only; editing without it")
+            return None
         seed = self.config.seed * 1_000_003 + zlib.crc32(record.id.encode())
         n = min(self.strategy.replay, reads.shape[0])
         rows = torch.randperm(reads.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
