@@ -43,7 +43,7 @@ class GraceConfig:
         max_steps: Step cap per edit (it also stops as soon as the edit is right).
     """
 
-    radius: float = 3.0
+    radius: float = 1.0
     lr: float = 0.1
     max_steps: int = 100
 
