@@ -165,6 +165,8 @@ def _lifelong(args: argparse.Namespace) -> int:
             model=args.model,
             max_countries=args.max_countries,
             timing_rounds=args.timing_rounds,
+            eval_all=args.eval_all,
+            eval_stride=args.eval_stride,
             edit=EditConfig(seed=args.seed),
             baseline=BaselineConfig(seed=args.seed, **baseline) if baseline else None,
             grace=GraceConfig(**({} if args.radius is None else {"radius": args.radius})),
@@ -565,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="'tiny' for a random smoke-test model (default: the demo's e5)")
     p.add_argument("--max-countries", type=_positive_int, default=None)
     p.add_argument("--timing-rounds", type=int, default=5, help="inference timing rounds per point (0: skip)")
+    p.add_argument("--eval-all", type=int, default=100, help="GR/neighbourhood on the first N records, then a sample")
+    p.add_argument("--eval-stride", type=_positive_int, default=5, help="... every k-th record after them")
     p.add_argument("--baseline-lr", type=_positive, default=None, help="FT-L/LoRA learning rate")
     p.add_argument("--baseline-steps", type=_positive_int, default=None, help="FT-L/LoRA step cap")
     p.add_argument("--norm-constraint", type=float, default=None, help="FT-L L-inf bound per edit (0: none)")

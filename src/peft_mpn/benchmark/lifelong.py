@@ -381,7 +381,12 @@ def _patch_diagnostics(editor: MPNEditor, reads: torch.Tensor) -> dict[str, Any]
 
 @torch.no_grad()
 def _threshold_sweep(
-    editor: MPNEditor, cache: ReadCache, data: LifelongData, records: list[EditRecord], original: dict[str, Any]
+    config: LifelongConfig,
+    editor: MPNEditor,
+    cache: ReadCache,
+    data: LifelongData,
+    records: list[EditRecord],
+    original: dict[str, Any],
 ) -> dict[str, dict[str, float | None]]:
     """Locality, ER and held-out GR if every patch fired only above ``delta`` (its bias lowered by ``delta``).
 
@@ -399,7 +404,8 @@ def _threshold_sweep(
             bank.frozen_bias.copy_(saved - delta)
             after = cache.predict(editor.suffix, data.locality)
             er = cache.predict(editor.suffix, [r.inputs["en"] for r in records])
-            held = [(r.inputs[lang], r.label) for r in records for lang in ("ru", "ar", "zh") if lang in r.inputs]
+            sampled = [r for i, r in enumerate(records) if config.in_sample(i)]  # the cached translations
+            held = [(r.inputs[lang], r.label) for r in sampled for lang in config.heldout_languages]
             gr = cache.predict(editor.suffix, [t for t, _ in held])
             out[str(delta)] = {
                 "locality": _share([a == b for a, b in zip(after, original["locality"])]),
@@ -501,7 +507,7 @@ def method_rows(
             row["locality_flipped"] = flipped
             row.update(diagnostics)
             row["memory_texts"] = editor.memory_size  # every earlier edit joined the memory of later ones
-            row["threshold_sweep"] = _threshold_sweep(editor, cache, data, records, original)
+            row["threshold_sweep"] = _threshold_sweep(config, editor, cache, data, records, original)
         log(
             f"{LABELS[method]} @ {point}: "
             + ", ".join(f"{k} {_fmt(v)}" for k, v in row.items() if k not in ("method", "edits"))
