@@ -98,7 +98,8 @@ def test_benchmarks_are_scripts():
 def test_lifelong_smoke(monkeypatch, tmp_path, capsys):
     from peft_mpn.cli import main
 
-    argv = "--model tiny --points 1,4 --max-countries 8 --memory 30 --timing-rounds 1 --eval-all 2 --eval-stride 2 --quiet"
+    argv = "--model tiny --points 1,4 --max-countries 8 --memory 30 --timing-rounds 1 --eval-all 2 --eval-stride 2"
+    argv += " --quiet"
     assert main(["lifelong", *argv.split(), "--output", str(tmp_path), "--plot", str(tmp_path / "curve.png")]) == 0
     report = json.loads((tmp_path / "lifelong.json").read_text())
     rows = report["rows"]
