@@ -92,7 +92,7 @@ def test_edits_lists_ids_patches_and_recorded_info():
     with pytest.raises(ValueError, match="no patch of adapter 'default' fixes edit 'zz'"):
         model.record_edit("zz", steps=1)
     model.remove_edit("a")
-    assert "a" not in model.peft_config["default"].edits
+    assert "a" not in model.peft_config["default"].edit_log
 
 
 def test_remove_edit_unknown_id_and_merged_adapter_are_refused():
@@ -114,7 +114,7 @@ def test_pop_patch_drops_the_newest_id():
     model.pop_patch()
     config = model.peft_config["default"]
     assert [ids[-1] for ids in config.patch_ids.values()] == ["d"]
-    assert "b" in config.edits  # b still has its frozen patch
+    assert "b" in config.edit_log  # b still has its frozen patch
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
@@ -124,7 +124,7 @@ def test_ids_survive_save_and_load_and_removal_after_reload_is_exact(arch, ids, 
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert list(saved["patch_ids"].values()) == [["a", "b", "c", None, "d", "b"]]
-    assert saved["edits"] == {"c": {"languages": ["en"], "steps": 5}}
+    assert saved["edit_log"] == {"c": {"languages": ["en"], "steps": 5}}
     again = PeftModel.from_pretrained(make_tiny(arch), tmp_path, is_trainable=True)
     assert [e["id"] for e in again.edits()] == ["a", "b", "c", "d"]
     again.remove_edit("c")

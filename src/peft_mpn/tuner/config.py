@@ -125,7 +125,7 @@ class MPNConfig(PeftConfig):
         patch_ids: Maintained by the model: per FFN block, the id of the edit (record) each patch fixes, oldest
             first, aligned with :attr:`patch_sizes`; ``None`` for a patch added without one. This is what lets
             ``MPNModel.remove_edit(id)`` undo one edit after save/load or a hub round trip.
-        edits: Maintained by the editors: per edit id, what is known of the edit (languages, steps, seconds, UTC
+        edit_log: Maintained by the editors: per edit id, what is known of the edit (languages, steps, seconds, UTC
             time, success, method); ``MPNModel.edits()`` lists them.
         languages: Languages the patches were trained on (for the model card).
         metrics: Evaluation results to show on the model card, e.g. ``{"SR": 1.0, "GR fr": 0.97}``.
@@ -191,7 +191,7 @@ class MPNConfig(PeftConfig):
     patch_ids: dict[str, list[str | None]] = field(
         default_factory=dict, metadata={"help": "Maintained by the model: the edit id each patch fixes, per block."}
     )
-    edits: dict[str, dict[str, Any]] = field(
+    edit_log: dict[str, dict[str, Any]] = field(
         default_factory=dict, metadata={"help": "Maintained by the editors: languages, steps and time of each edit."}
     )
     languages: list[str] = field(default_factory=list, metadata={"help": "Languages the patches were trained on."})

@@ -58,7 +58,7 @@ def saved_edits(directory: str | os.PathLike) -> list[dict[str, Any]]:
             entry["patches"] += 1
             entry["neurons"] += int(size)
             entry["frozen"] = entry["frozen"] and index < n_frozen
-    info = config.get("edits", {})
+    info = config.get("edit_log") or {}
     return [{**entry, **info.get(edit_id, {})} for edit_id, entry in found.items()]
 
 
@@ -111,7 +111,9 @@ def remove_saved_edit(directory: str | os.PathLike, edit_id: str, output: str | 
         peft_config.num_frozen[block] = n_frozen - sum(1 for i in indices if i < n_frozen)
         peft_config.patch_sizes[block] = keep
     live = {i for ids in peft_config.patch_ids.values() for i in ids if i is not None}
-    peft_config.edits = {k: v for k, v in peft_config.edits.items() if k in live}
+    peft_config.edit_log = {k: v for k, v in peft_config.edit_log.items() if k in live}
+    if isinstance(getattr(peft_config, "edits", None), int):  # the model card's count of edits
+        peft_config.edits = max(0, peft_config.edits - 1)
     target = Path(output) if output is not None else source
     target.mkdir(parents=True, exist_ok=True)
     atomic_write(target / WEIGHTS_FILE, lambda handle: handle.write(_serialise(new_state)))

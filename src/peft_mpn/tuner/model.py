@@ -407,8 +407,8 @@ class MPNModel(BaseTuner):
             config.num_frozen[block] = int(bank.num_frozen)
             config.patch_ids[block] = _aligned_ids(config.patch_ids.get(block), bank.num_patches)
         live = {i for ids in config.patch_ids.values() for i in ids if i is not None}
-        for edit_id in [i for i in config.edits if i not in live]:
-            del config.edits[edit_id]  # no patch of it is left
+        for edit_id in [i for i in config.edit_log if i not in live]:
+            del config.edit_log[edit_id]  # no patch of it is left
 
     def add_patch(
         self,
@@ -505,7 +505,7 @@ class MPNModel(BaseTuner):
 
     # ------------------------------------------------------------------ the edits behind the patches
     def record_edit(self, edit_id: str, adapter_name: str | None = None, **info: Any) -> None:
-        """Note what is known of edit ``edit_id`` (languages, steps, seconds, ...) in ``MPNConfig.edits``.
+        """Note what is known of edit ``edit_id`` (languages, steps, seconds, ...) in ``MPNConfig.edit_log``.
 
         The values must be JSON-ready: they are saved in ``adapter_config.json``.
 
@@ -516,7 +516,7 @@ class MPNModel(BaseTuner):
         config = self.peft_config[adapter]
         if not any(edit_id in ids for ids in config.patch_ids.values()):
             raise ValueError(f"record_edit: no patch of adapter {adapter!r} fixes edit {edit_id!r}.")
-        config.edits[edit_id] = {**config.edits.get(edit_id, {}), **info}
+        config.edit_log[edit_id] = {**config.edit_log.get(edit_id, {}), **info}
 
     def edits(self, adapter_name: str | None = None) -> list[dict[str, Any]]:
         """The edits of the adapter, oldest first: one dict per edit id.
@@ -539,7 +539,7 @@ class MPNModel(BaseTuner):
                 entry["patches"] += 1
                 entry["neurons"] += size
                 entry["frozen"] = entry["frozen"] and index < n_frozen
-        return [{**entry, **config.edits.get(edit_id, {})} for edit_id, entry in found.items()]
+        return [{**entry, **config.edit_log.get(edit_id, {})} for edit_id, entry in found.items()]
 
     def remove_edit(self, edit_id: str, adapter_name: str | None = None) -> int:
         """Remove every patch that fixes edit ``edit_id``, frozen or trainable. Exact.
@@ -579,6 +579,8 @@ class MPNModel(BaseTuner):
                     blocks[block][role].bank(adapter).remove(indices)
             config.patch_ids[block] = [known for i, known in enumerate(ids) if i not in set(indices)]
             removed += len(indices)
+        if isinstance(getattr(config, "edits", None), int):  # the model card's count of edits
+            config.edits = max(0, config.edits - 1)
         self._sync_config(adapter)
         return removed
 
