@@ -93,3 +93,24 @@ def test_benchmarks_are_scripts():
     for name in ("edit_latency", "inference_overhead", "stream", "scaling"):
         text = (BENCHMARKS / f"{name}.py").read_text()
         assert 'if __name__ == "__main__":' in text and "from __future__ import annotations" in text
+
+
+def test_lifelong_smoke(monkeypatch, tmp_path, capsys):
+    from peft_mpn.cli import main
+
+    argv = "--model tiny --points 1,4 --max-countries 8 --memory 30 --timing-rounds 1 --eval-all 2 --eval-stride 2"
+    argv += " --quiet"
+    assert main(["lifelong", *argv.split(), "--output", str(tmp_path), "--plot", str(tmp_path / "curve.png")]) == 0
+    report = json.loads((tmp_path / "lifelong.json").read_text())
+    rows = report["rows"]
+    assert [(r["method"], r["edits"]) for r in rows] == [
+        (m, n) for n in (1, 4) for m in ("T-Patcher", "MPN", "GRACE", "FT-L", "LoRA")
+    ]  # breadth first: every method up to a point before any goes further
+    for row in rows:
+        assert all(0.0 <= row[k] <= 1.0 for k in ("ER", "GR_train", "GR_heldout", "locality") if row[k] is not None)
+        assert row["seconds_per_edit"] > 0 and row["inference_ratio"] > 0
+    assert "| MPN | 4 |" in capsys.readouterr().out and (tmp_path / "curve.png").stat().st_size > 0
+    again = main(["lifelong", "--combine", str(tmp_path / "lifelong.json")])
+    assert again == 0 and "| LoRA | 4 |" in capsys.readouterr().out
+    assert main(["lifelong", "--model", "tiny", "--max-countries", "8", "--points", "5000", "--quiet"]) == 2
+    assert "ask for points up to" in capsys.readouterr().err

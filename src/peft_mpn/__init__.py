@@ -22,6 +22,8 @@ from .utils.version import __version__
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .data.generation import GenerationEditRecord, read_generation_records, write_generation_records
     from .data.records import EditRecord, read_records, write_records
+    from .editing.baselines import BaselineConfig
+    from .editing.grace import GraceConfig
     from .editing.losses import EditConfig
     from .editing.trainer import MPNTrainer
     from .tasks.classification.collator import MultilingualEditCollator
@@ -41,6 +43,8 @@ _EXPORTS = {
     "EditRecord": "data.records",
     "read_records": "data.records",
     "write_records": "data.records",
+    "BaselineConfig": "editing.baselines",
+    "GraceConfig": "editing.grace",
     "EditConfig": "editing.losses",
     "MPNTrainer": "editing.trainer",
     "MultilingualEditCollator": "tasks.classification.collator",
@@ -113,9 +117,11 @@ __all__ = [
     "FFN_PRESETS",
     "MPN",
     # classification edits
+    "BaselineConfig",
     "EditConfig",
     "EditRecord",
     "EditResult",
+    "GraceConfig",
     "MPNEditor",
     "MPNTrainer",
     "MultilingualEditCollator",

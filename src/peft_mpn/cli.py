@@ -21,6 +21,8 @@ EPILOG = """examples:
   peft-mpn evaluate --model base/ --adapter run/adapter --edits data/edits.jsonl --locality data/validation.jsonl
   peft-mpn report --results run/evaluation.json         # report.md + report.png, as the demo's
   peft-mpn inspect run/adapter
+  peft-mpn edits list run/adapter                       # the edits behind the patches
+  peft-mpn edits remove run/adapter r17                 # undo one edit, exactly
 """
 
 
@@ -105,6 +107,87 @@ def _inspect(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
+
+
+def _edits(args: argparse.Namespace) -> int:
+    from .tuner.edits import remove_saved_edit, saved_edits
+
+    if args.action == "list":
+        edits = saved_edits(args.adapter)
+        if args.json:
+            print(json.dumps(edits, indent=2, ensure_ascii=False))
+            return 0
+        print(f"{len(edits)} edits in {args.adapter}")
+        for e in edits:
+            langs = ",".join(e.get("languages", [])) or "-"
+            steps = e.get("steps", "-")
+            seconds = f"{e['seconds']:.3f}s" if isinstance(e.get("seconds"), (int, float)) else "-"
+            state = "frozen" if e["frozen"] else "trainable"
+            print(
+                f"{e['id']}\tpatches={e['patches']}\tlanguages={langs}\tsteps={steps}\t{seconds}\t"
+                f"{e.get('time', '-')}\t{state}"
+            )
+        return 0
+    if not args.ids:
+        return _fail("edits", "remove needs at least one edit id, e.g. `peft-mpn edits remove run/adapter r17`.")
+    source, removed = args.adapter, 0
+    for edit_id in args.ids:
+        removed += remove_saved_edit(source, edit_id, args.output)
+        source = args.output or args.adapter  # the next id is removed from the result
+    where = source
+    print(f"removed {len(args.ids)} edit(s), {removed} patch(es); {len(saved_edits(where))} edits left in {where}")
+    return 0
+
+
+def _lifelong(args: argparse.Namespace) -> int:
+    from .benchmark.lifelong import LifelongConfig, markdown_table, plot, run_lifelong
+
+    if args.combine:
+        rows = [row for path in args.combine for row in json.loads(Path(path).read_text(encoding="utf-8"))["rows"]]
+    else:
+        from .editing.baselines import BaselineConfig
+        from .editing.grace import GraceConfig
+        from .editing.losses import EditConfig
+
+        baseline = {
+            k: v
+            for k, v in (("lr", args.baseline_lr), ("max_steps", args.baseline_steps), ("replay", args.replay))
+            if v is not None
+        }
+        if args.norm_constraint is not None:
+            baseline["norm_constraint"] = args.norm_constraint if args.norm_constraint > 0 else None
+        config = LifelongConfig(
+            methods=args.methods,
+            points=args.points,
+            split=args.split,
+            memory_size=args.memory,
+            value_negatives=args.value_negatives,
+            model=args.model,
+            max_countries=args.max_countries,
+            timing_rounds=args.timing_rounds,
+            eval_all=args.eval_all,
+            eval_stride=args.eval_stride,
+            edit=EditConfig(seed=args.seed),
+            baseline=BaselineConfig(seed=args.seed, **baseline) if baseline else None,
+            grace=GraceConfig(**({} if args.radius is None else {"radius": args.radius})),
+            seed=args.seed,
+        )
+        log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+        rows = run_lifelong(config, args.output, log=log)["rows"]
+    print(markdown_table(rows))
+    if args.plot:
+        print(f"wrote {plot(rows, args.plot)}")
+    return 0
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        items = []
+    if not items or any(v < 1 for v in items):
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 like 1,10,100, got {value!r}")
+    return items
 
 
 def _build_benchmark(args: argparse.Namespace) -> int:
@@ -328,6 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(
         commands,
+        "edits",
+        "list the edits of an MPN adapter, or remove (undo) some of them exactly",
+        "peft-mpn edits list run/adapter; peft-mpn edits remove run/adapter r17 --output run/adapter-without-r17",
+    )
+    p.add_argument("action", choices=["list", "remove"])
+    p.add_argument("adapter", help="directory with adapter_config.json")
+    p.add_argument("ids", nargs="*", help="remove: the edit (record) ids to undo")
+    p.add_argument("--output", default=None, help="remove: write the adapter here (default: in place)")
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+    p.set_defaults(func=_edits)
+
+    p = _sub(
+        commands,
         "build-benchmark",
         "build the offline multilingual fact-verification benchmark",
         "peft-mpn build-benchmark --output data/ --languages en,fr,de,es,ru,ar,zh",
@@ -382,9 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        choices=["mpn", "tpatcher", "ft", "lora"],
+        choices=["mpn", "tpatcher", "ft", "lora", "grace"],
         default="mpn",
-        help="mpn: edit + translations; tpatcher: English only; ft, lora: baselines",
+        help="mpn: edit + translations; tpatcher: English only; ft, lora: baselines; grace: a codebook (English)",
     )
     memory = p.add_mutually_exclusive_group()
     memory.add_argument(
@@ -457,6 +553,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True, help="results.json (demo, edit) or evaluation.json (evaluate)")
     p.add_argument("--output", default=None, help="directory (default: next to the --results file)")
     p.set_defaults(func=_report)
+
+    p = _sub(
+        commands,
+        "lifelong",
+        "the lifelong curve: one stream of 1 -> 1,000 edits, ER/GR/locality/speed per method at each point",
+        "peft-mpn lifelong --output runs/lifelong --plot runs/lifelong/lifelong.png",
+    )
+    p.add_argument("--methods", type=_csv, default=["tpatcher", "mpn", "grace", "ft", "lora"])
+    p.add_argument("--points", type=_int_list, default=[1, 10, 100, 1000], help="records after which to measure")
+    p.add_argument("--split", choices=["test", "validation"], default="test", help="validation: tuning runs")
+    p.add_argument("--memory", type=_positive_int, default=1000, help="memory texts")
+    p.add_argument("--model", default=None, help="'tiny' for a random smoke-test model (default: the demo's e5)")
+    p.add_argument("--max-countries", type=_positive_int, default=None)
+    p.add_argument("--timing-rounds", type=int, default=5, help="inference timing rounds per point (0: skip)")
+    p.add_argument("--eval-all", type=int, default=100, help="GR/neighbourhood on the first N records, then a sample")
+    p.add_argument("--eval-stride", type=_positive_int, default=5, help="... every k-th record after them")
+    p.add_argument("--baseline-lr", type=_positive, default=None, help="FT-L/LoRA learning rate")
+    p.add_argument("--baseline-steps", type=_positive_int, default=None, help="FT-L/LoRA step cap")
+    p.add_argument("--norm-constraint", type=float, default=None, help="FT-L L-inf bound per edit (0: none)")
+    p.add_argument("--replay", type=int, default=None, help="FT-L/LoRA memory texts replayed per edit")
+    p.add_argument("--radius", type=_positive, default=None, help="GRACE deferral radius")
+    p.add_argument(
+        "--value-negatives",
+        type=int,
+        default=0,
+        help="extra negatives per edit: same relation and value, other countries",
+    )
+    p.add_argument("--output", default=None, help="directory for lifelong.json and lifelong.md")
+    p.add_argument("--plot", default=None, help="write the curve as a PNG")
+    p.add_argument("--combine", nargs="+", default=None, help="lifelong.json files to join into one table/plot")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_lifelong)
 
     p = _sub(
         commands,

@@ -9,7 +9,7 @@ import torch
 from peft import get_peft_model
 
 from conftest import lm_edit_records, lm_word_tokenizer, make_tiny, make_tiny_lm, synthetic_texts, translate
-from peft_mpn import CausalLMEditor, EditConfig, EditRecord, MPNConfig, MPNEditor
+from peft_mpn import BaselineConfig, CausalLMEditor, EditConfig, EditRecord, MPNConfig, MPNEditor
 from peft_mpn.editing.losses import LossParts, NonFiniteLoss, check_finite_loss
 from peft_mpn.tasks.generation.collator import GenerationEditCollator
 
@@ -108,7 +108,11 @@ def test_a_diverging_edit_stops_rolls_back_and_fails(classifier, method, fast, c
     model, tokenizer = classifier()
     memory = [translate(t, lang) for t, _ in synthetic_texts(30, 5) for lang in LANGS]
     config = EditConfig(lr=1e30, value_lr_scale=1e30, max_steps=30)  # finite settings that overflow in training
-    editor = MPNEditor(model, tokenizer, LANGS, memory, method=method, fast=fast, config=config, progress=False)
+    # FT-L and LoRA train with their own BaselineConfig, not EditConfig's learning rate: overflow it the same way
+    kwargs = {"baseline": BaselineConfig(lr=1e30, max_steps=30, norm_constraint=None)} if method != "mpn" else {}
+    editor = MPNEditor(
+        model, tokenizer, LANGS, memory, method=method, fast=fast, config=config, progress=False, **kwargs
+    )
     before = {n: p.detach().clone() for n, p in editor.model.named_parameters()}
     with caplog.at_level("WARNING"):
         results = editor.edit_stream(_records(model, tokenizer))

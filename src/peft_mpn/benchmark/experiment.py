@@ -26,6 +26,7 @@ import torch
 
 from ..data.records import EditRecord
 from ..editing import metrics
+from ..editing.baselines import BaselineConfig
 from ..editing.losses import EditConfig
 from ..tasks.classification.editor import MPNEditor
 from ..tasks.classification.reading import pooling_of
@@ -47,7 +48,7 @@ class ExperimentConfig:
         relations: Benchmark relations.
         train_languages: Languages MPN trains each patch on (English first).
         heldout_languages: Languages no patch sees; reported apart (zero-shot transfer).
-        methods: Any of ``"tpatcher"``, ``"mpn"``, ``"ft"``, ``"lora"``.
+        methods: Any of ``"tpatcher"``, ``"mpn"``, ``"ft"``, ``"lora"``, ``"grace"``.
         n_edits: Edits per method (test claims the base gets wrong in English, in benchmark order).
         memory_size: Training claims in the patch memory (never evaluation items).
         max_countries: Limit the benchmark (for smoke runs).
@@ -67,6 +68,8 @@ class ExperimentConfig:
             then appear in evaluation texts). Empty: none.
         seed: Seeds the benchmark, the base training and the edits.
         edit: The edit knobs.
+        baseline: How FT-L and LoRA edit; ``None``: each its settings chosen on the validation split
+            (``BaselineConfig.for_method``, docs/benchmark.md).
     """
 
     model: str | None = None
@@ -85,18 +88,21 @@ class ExperimentConfig:
     code_switch: list[str] = field(default_factory=list)
     seed: int = 0
     edit: EditConfig = field(default_factory=EditConfig)
+    baseline: BaselineConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.edit, dict):
             self.edit = EditConfig(**self.edit)
+        if isinstance(self.baseline, dict):
+            self.baseline = BaselineConfig(**self.baseline)
         if "en" not in self.train_languages:
             raise ValueError("ExperimentConfig.train_languages must include 'en' (the edit language).")
         overlap = set(self.train_languages) & set(self.heldout_languages)
         if overlap:
             raise ValueError(f"ExperimentConfig: languages {sorted(overlap)} are both training and held-out.")
-        unknown = sorted(set(self.methods) - {"tpatcher", "mpn", "ft", "lora"})
+        unknown = sorted(set(self.methods) - {"tpatcher", "mpn", "ft", "lora", "grace"})
         if unknown:
-            raise ValueError(f"ExperimentConfig.methods has unknown {unknown}; use tpatcher, mpn, ft, lora.")
+            raise ValueError(f"ExperimentConfig.methods has unknown {unknown}; use tpatcher, mpn, ft, lora, grace.")
         if self.n_edits < 1 or self.memory_size < 0:
             raise ValueError("ExperimentConfig.n_edits must be >= 1 and memory_size >= 0.")
         if self.n_negatives < 0:
@@ -116,6 +122,8 @@ class ExperimentConfig:
     def run_key(self) -> str:
         """Key of everything that shapes the edits, so a changed setting never resumes another run's checkpoint."""
         data = {**asdict(self), "edit": self.edit.to_dict(), "base": self.base_key()}
+        if data["baseline"] is None and set(self.methods) <= {"mpn", "tpatcher"}:
+            del data["baseline"]  # patch-only runs keep their keys (and checkpoints)
         return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def base_key(self, train: Sequence[dict[str, Any]] | None = None) -> str:
@@ -402,17 +410,20 @@ def run_experiment(
     methods: dict[str, Any] = {}
     for method in config.methods:
         log(f"editing with {method}: {len(records)} records")
-        languages = ["en"] if method == "tpatcher" else config.train_languages
+        languages = ["en"] if method in ("tpatcher", "grace") else config.train_languages
         model = copy.deepcopy(base)
         torch.manual_seed(config.seed)  # each method starts from the same RNG state (LoRA's init draws from it)
         editor = MPNEditor(
             model,
             tokenizer,
             languages=languages,
-            memory=memory["en"] if method == "tpatcher" else memory["multi"],
+            memory=memory["en"] if method in ("tpatcher", "grace") else memory["multi"],
             method=method,
             config=copy.deepcopy(edit_config),
             mpn_config=MPNConfig(sharpness=config.sharpness) if method in ("mpn", "tpatcher") else None,
+            baseline=(copy.deepcopy(config.baseline) or BaselineConfig.for_method(method, seed=config.seed))
+            if method in ("ft", "lora")
+            else None,
             progress=progress,
             **({"aliases": aliases, "code_switch": config.code_switch} if method in ("mpn", "tpatcher") else {}),
         )
@@ -445,7 +456,11 @@ def run_experiment(
             "evaluation": "final model after all edits of a method (GR and locality include forgetting)",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
             "seconds": round(time.perf_counter() - start, 1),
-            "config": {**asdict(config), "edit": config.edit.to_dict()},
+            "config": {
+                **asdict(config),
+                "edit": config.edit.to_dict(),
+                "baseline": None if config.baseline is None else config.baseline.to_dict(),
+            },
         },
     }
     write_report(results, out)
@@ -453,4 +468,4 @@ def run_experiment(
 
 
 def _label(method: str) -> str:
-    return {"tpatcher": "T-Patcher", "mpn": "MPN", "ft": "FT-L", "lora": "LoRA"}[method]
+    return {"tpatcher": "T-Patcher", "mpn": "MPN", "ft": "FT-L", "lora": "LoRA", "grace": "GRACE"}[method]

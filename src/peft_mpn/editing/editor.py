@@ -160,7 +160,7 @@ class Editor(EditStream):
         self.model.eval()
         self.stopper.reset()
         try:
-            return self._edit(record, start)
+            result = self._edit(record, start)
         except NonFiniteLoss as exc:
             self.strategy.discard()
             self.model.eval()
@@ -168,6 +168,9 @@ class Editor(EditStream):
             seconds = time.perf_counter() - start
             fields = {"steps": exc.step, "seconds": seconds, "losses": exc.losses, "method": self.method}
             return self.result_class(id=record.id, success=False, **fields)
+        if not result.skipped:
+            self.strategy.note_edit(result, self.languages)  # model.edits() lists it; remove_edit(id) undoes it
+        return result
 
     @abstractmethod
     def _edit(self, record: Any, start: float) -> EditResult:
@@ -177,7 +180,8 @@ class Editor(EditStream):
         """Train ``params`` with ``step(i) -> (loss parts, stats)`` until the stop rule or ``max_steps``.
 
         Values (``strategy.value_parameters()``) train at ``lr * value_lr_scale``; gradients are clipped to
-        ``max_grad_norm``.
+        ``max_grad_norm``. The learning rate, weight decay and step cap are the strategy's (``optim_settings``:
+        ``EditConfig``'s for the patches, ``BaselineConfig``'s for FT-L and LoRA).
 
         Returns:
             The number of optimiser steps taken and the stats of the last step computed.
@@ -187,10 +191,11 @@ class Editor(EditStream):
         """
         values = self.strategy.value_parameters()
         keys = [p for p in params if all(p is not v for v in values)]
-        optimizer = edit_optimizer(keys, self.config.lr, self.config.weight_decay, values, self.config.value_lr_scale)
+        lr, weight_decay, max_steps = self.strategy.optim_settings(self.config)  # baselines: their BaselineConfig
+        optimizer = edit_optimizer(keys, lr, weight_decay, values, self.config.value_lr_scale)
         stats: StepStats | None = None
         steps = 0
-        for i in range(self.config.max_steps):
+        for i in range(max_steps):
             parts, stats = step(i)
             check_finite_loss(parts, i)
             if self.stopper.observe(stats):
@@ -199,6 +204,7 @@ class Editor(EditStream):
             parts.total.backward()
             clip_grad_norm(params, self.config.max_grad_norm)
             optimizer.step()
+            self.strategy.after_step()
             steps = i + 1
         if non_finite(enumerate(params), limit=1):  # the last step's update, which no loss has seen yet
             raise NonFiniteLoss(steps, stats.losses if stats else {}, "parameters")

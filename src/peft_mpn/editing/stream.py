@@ -146,12 +146,16 @@ class EditStream(ABC):
         """Add texts that later patches must stay silent on."""
 
     def stream_settings(self) -> dict[str, Any]:
-        """What shapes every edit besides method and languages: the editor's ``config`` (``to_dict``) and the
-        adapters' ``sharpness``. A checkpoint is resumed only with the same settings (JSON-comparable values)."""
+        """What shapes every edit besides method and languages: the editor's ``config`` (``to_dict``), a baseline's
+        ``BaselineConfig`` and the adapters' ``sharpness``. A checkpoint is resumed only with the same settings
+        (JSON-comparable values)."""
         settings: dict[str, Any] = {}
         config = getattr(self, "config", None)
         if hasattr(config, "to_dict"):
             settings["edit_config"] = config.to_dict()
+        baseline = getattr(getattr(self, "strategy", None), "baseline", None)
+        if hasattr(baseline, "to_dict"):
+            settings["baseline"] = baseline.to_dict()
         peft_config = getattr(self.model, "peft_config", None)
         if isinstance(peft_config, dict):
             settings["sharpness"] = {name: getattr(c, "sharpness", None) for name, c in sorted(peft_config.items())}

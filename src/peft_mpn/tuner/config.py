@@ -122,6 +122,11 @@ class MPNConfig(PeftConfig):
             Saved so that ``from_pretrained`` can rebuild the shapes before the weights load.
         num_frozen: Maintained by the model: per FFN block, how many of the oldest patches are frozen.
         block_dims: Maintained by the model: per FFN block, ``[in, width, out]`` of the base FFN it was made on.
+        patch_ids: Maintained by the model: per FFN block, the id of the edit (record) each patch fixes, oldest
+            first, aligned with :attr:`patch_sizes`; ``None`` for a patch added without one. This is what lets
+            ``MPNModel.remove_edit(id)`` undo one edit after save/load or a hub round trip.
+        edit_log: Maintained by the editors: per edit id, what is known of the edit (languages, steps, seconds, UTC
+            time, success, method); ``MPNModel.edits()`` lists them.
         languages: Languages the patches were trained on (for the model card).
         metrics: Evaluation results to show on the model card, e.g. ``{"SR": 1.0, "GR fr": 0.97}``.
         weights_sha256: Written by ``save_pretrained``: the SHA-256 of ``adapter_model.safetensors``, checked when
@@ -182,6 +187,12 @@ class MPNConfig(PeftConfig):
     )
     block_dims: dict[str, list[int]] = field(
         default_factory=dict, metadata={"help": "Maintained by the model: FFN [in, width, out] per block."}
+    )
+    patch_ids: dict[str, list[str | None]] = field(
+        default_factory=dict, metadata={"help": "Maintained by the model: the edit id each patch fixes, per block."}
+    )
+    edit_log: dict[str, dict[str, Any]] = field(
+        default_factory=dict, metadata={"help": "Maintained by the editors: languages, steps and time of each edit."}
     )
     languages: list[str] = field(default_factory=list, metadata={"help": "Languages the patches were trained on."})
     metrics: dict[str, Any] = field(default_factory=dict, metadata={"help": "Results shown on the model card."})

@@ -196,6 +196,38 @@ class PatchBank(nn.Module):
             self.biases = nn.ParameterList(list(self.biases)[:-1])
         self.sizes = self.sizes[:-1].clone()
 
+    def remove(self, patches: Sequence[int]) -> None:
+        """Remove the patches at these indices (oldest first is 0), frozen or trainable. Exact.
+
+        The remaining rows keep their order and values; frozen patches stay frozen and consolidated, trainable ones
+        keep their Parameters (an optimizer over them stays valid).
+        """
+        drop = sorted({int(i) for i in patches})
+        sizes = self.sizes.tolist()
+        if any(not 0 <= i < len(sizes) for i in drop):
+            raise IndexError(f"patch indices {drop} out of range: the bank holds {len(sizes)} patches.")
+        if not drop:
+            return
+        n_frozen = int(self.num_frozen)
+        frozen_drop = [i for i in drop if i < n_frozen]
+        if frozen_drop:
+            starts = [0]
+            for size in sizes[:n_frozen]:
+                starts.append(starts[-1] + size)
+            keep = [row for i in range(n_frozen) if i not in frozen_drop for row in range(starts[i], starts[i + 1])]
+            index = torch.tensor(keep, dtype=torch.long, device=self.frozen_weight.device)
+            self.frozen_weight = self.frozen_weight.index_select(0, index).clone()
+            if self.has_bias:
+                self.frozen_bias = self.frozen_bias.index_select(0, index).clone()
+        trainable_drop = {i - n_frozen for i in drop if i >= n_frozen}
+        if trainable_drop:
+            self.weights = nn.ParameterList([w for j, w in enumerate(self.weights) if j not in trainable_drop])
+            if self.has_bias:
+                self.biases = nn.ParameterList([b for j, b in enumerate(self.biases) if j not in trainable_drop])
+        kept = [s for i, s in enumerate(sizes) if i not in set(drop)]
+        self.sizes = torch.tensor(kept, dtype=torch.long, device=self.sizes.device)
+        self.num_frozen.fill_(n_frozen - len(frozen_drop))
+
     def freeze(self) -> None:
         """Consolidate every patch into the frozen buffers."""
         if len(self.weights) == 0:

@@ -217,6 +217,12 @@ def _check_saved_shapes(config: MPNConfig, blocks: dict[str, Any]) -> None:
         )
 
 
+def _aligned_ids(ids: list[str | None] | None, n: int) -> list[str | None]:
+    """The edit ids of a block's ``n`` patches: ``ids`` cut or padded with ``None`` (patches of unknown edits)."""
+    ids = list(ids or [])[:n]
+    return ids + [None] * (n - len(ids))
+
+
 def _as_rows(value: Any, block: str, n: int, dim: int, name: str) -> torch.Tensor | None:
     """Validate a user-given patch tensor and return it as ``(n, dim)`` (or ``(n,)`` when ``dim`` is 0)."""
     if isinstance(value, dict):
@@ -399,6 +405,10 @@ class MPNModel(BaseTuner):
             bank = parts["key"].bank(adapter)
             config.patch_sizes[block] = bank.sizes.tolist()
             config.num_frozen[block] = int(bank.num_frozen)
+            config.patch_ids[block] = _aligned_ids(config.patch_ids.get(block), bank.num_patches)
+        live = {i for ids in config.patch_ids.values() for i in ids if i is not None}
+        for edit_id in [i for i in config.edit_log if i not in live]:
+            del config.edit_log[edit_id]  # no patch of it is left
 
     def add_patch(
         self,
@@ -409,6 +419,7 @@ class MPNModel(BaseTuner):
         *,
         adapter_name: str | None = None,
         blocks: list[str] | None = None,
+        edit_id: str | None = None,
     ) -> list[str]:
         """Grow each patched FFN block by one patch of ``num_neurons`` neurons.
 
@@ -423,6 +434,8 @@ class MPNModel(BaseTuner):
                 with std ``init_value_std`` (zeros by default, so the new patch changes nothing until trained).
             adapter_name: The adapter to grow; defaults to the active one.
             blocks: Only grow these FFN blocks (default: every patched block).
+            edit_id: The id of the edit (record) this patch fixes, kept in ``MPNConfig.patch_ids`` so that
+                :meth:`remove_edit` can undo it later; the editors pass the record id.
 
         Returns:
             The names of the FFN blocks that got the patch.
@@ -432,6 +445,8 @@ class MPNModel(BaseTuner):
         """
         if not is_int(num_neurons, least=1):
             raise ValueError(f"add_patch: num_neurons must be a positive int, got {num_neurons!r}.")
+        if edit_id is not None and (not isinstance(edit_id, str) or not edit_id.strip()):
+            raise ValueError(f"add_patch: edit_id must be a non-blank string (a record id) or None, got {edit_id!r}.")
         adapter = self._adapter(adapter_name)
         config = self.peft_config[adapter]
         all_blocks = self.patch_blocks(adapter)
@@ -469,6 +484,8 @@ class MPNModel(BaseTuner):
                 up = parts["up"].bank(adapter)
                 up.add(torch.zeros_like(k), torch.ones(num_neurons), requires_grad=trainable)
             parts["value"].bank(adapter).add(v, None, requires_grad=trainable)
+            ids = _aligned_ids(config.patch_ids.get(block), parts["key"].bank(adapter).num_patches - 1)
+            config.patch_ids[block] = [*ids, edit_id]
         self._sync_config(adapter)
         return chosen
 
@@ -484,7 +501,88 @@ class MPNModel(BaseTuner):
             raise ValueError("pop_patch: the newest patch is frozen (or there is none); unfreeze_patches() first.")
         for bank in banks:
             bank.pop()
+        self._sync_config(adapter)  # drops the newest ids (aligned to the banks) and edits left without a patch
+
+    # ------------------------------------------------------------------ the edits behind the patches
+    def record_edit(self, edit_id: str, adapter_name: str | None = None, **info: Any) -> None:
+        """Note what is known of edit ``edit_id`` (languages, steps, seconds, ...) in ``MPNConfig.edit_log``.
+
+        The values must be JSON-ready: they are saved in ``adapter_config.json``.
+
+        Raises:
+            ValueError: If no patch of the adapter carries ``edit_id``.
+        """
+        adapter = self._adapter(adapter_name)
+        config = self.peft_config[adapter]
+        if not any(edit_id in ids for ids in config.patch_ids.values()):
+            raise ValueError(f"record_edit: no patch of adapter {adapter!r} fixes edit {edit_id!r}.")
+        config.edit_log[edit_id] = {**config.edit_log.get(edit_id, {}), **info}
+
+    def edits(self, adapter_name: str | None = None) -> list[dict[str, Any]]:
+        """The edits of the adapter, oldest first: one dict per edit id.
+
+        Each dict has ``id``, ``patches`` (over all blocks), ``neurons``, ``frozen`` (all its patches are frozen),
+        and what the editor recorded: ``languages``, ``steps``, ``seconds`` (wall time of the edit), ``time`` (UTC,
+        ISO 8601), ``success`` and ``method``. Patches added without an edit id are not listed.
+        """
+        adapter = self._adapter(adapter_name)
+        config = self.peft_config[adapter]
+        found: dict[str, dict[str, Any]] = {}
+        for block, parts in self.patch_blocks(adapter).items():
+            bank = parts["key"].bank(adapter)
+            ids = _aligned_ids(config.patch_ids.get(block), bank.num_patches)
+            n_frozen = int(bank.num_frozen)
+            for index, (edit_id, size) in enumerate(zip(ids, bank.sizes.tolist())):
+                if edit_id is None:
+                    continue
+                entry = found.setdefault(edit_id, {"id": edit_id, "patches": 0, "neurons": 0, "frozen": True})
+                entry["patches"] += 1
+                entry["neurons"] += size
+                entry["frozen"] = entry["frozen"] and index < n_frozen
+        return [{**entry, **config.edit_log.get(edit_id, {})} for edit_id, entry in found.items()]
+
+    def remove_edit(self, edit_id: str, adapter_name: str | None = None) -> int:
+        """Remove every patch that fixes edit ``edit_id``, frozen or trainable. Exact.
+
+        The model then computes exactly what the adapter computes with those units deleted: the other patches keep
+        their rows, order and values. Works after save/load (the ids are in ``MPNConfig.patch_ids``).
+
+        Returns:
+            The number of patches removed (over all FFN blocks).
+
+        Raises:
+            ValueError: If no patch carries ``edit_id`` (the message lists some that do), or the adapter is merged
+                (call ``unmerge_adapter()`` first).
+        """
+        adapter = self._adapter(adapter_name)
+        config = self.peft_config[adapter]
+        blocks = self.patch_blocks(adapter)
+        if any(layer.merged for parts in blocks.values() for layer in parts.values()):
+            raise ValueError("remove_edit: the adapter is merged into the base weights; call unmerge_adapter() first.")
+        plan = {}
+        for block, parts in blocks.items():
+            ids = _aligned_ids(config.patch_ids.get(block), parts["key"].bank(adapter).num_patches)
+            plan[block] = (ids, [i for i, known in enumerate(ids) if known == edit_id])
+        if not any(indices for _, indices in plan.values()):
+            known = list(dict.fromkeys(i for ids in config.patch_ids.values() for i in ids if i is not None))
+            shown = ", ".join(repr(i) for i in known[:10]) + (", ..." if len(known) > 10 else "")
+            raise ValueError(
+                f"remove_edit: no patch of adapter {adapter!r} fixes edit {edit_id!r}; its edits are: "
+                f"{shown or 'none (patches added without an edit id cannot be removed by id)'}. See model.edits()."
+            )
+        removed = 0
+        for block, (ids, indices) in plan.items():
+            if not indices:
+                continue
+            for role in ROLES:
+                if role in blocks[block]:
+                    blocks[block][role].bank(adapter).remove(indices)
+            config.patch_ids[block] = [known for i, known in enumerate(ids) if i not in set(indices)]
+            removed += len(indices)
+        if isinstance(getattr(config, "edits", None), int):  # the model card's count of edits
+            config.edits = max(0, config.edits - 1)
         self._sync_config(adapter)
+        return removed
 
     def freeze_patches(self, adapter_name: str | None = None) -> None:
         """Freeze every patch of the adapter and consolidate them into one tensor per projection.

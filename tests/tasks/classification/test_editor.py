@@ -10,7 +10,7 @@ import transformers as tf
 from peft import get_peft_model
 
 from conftest import synthetic_texts, translate
-from peft_mpn import EditConfig, EditRecord, MPNConfig, MPNEditor
+from peft_mpn import BaselineConfig, EditConfig, EditRecord, MPNConfig, MPNEditor
 from peft_mpn.tasks.classification.editor import EditResult
 
 
@@ -188,9 +188,8 @@ def test_resume_after_crash_gives_the_same_adapter(classifier, tmp_path, monkeyp
 @pytest.mark.parametrize("method", ["ft", "lora"])
 def test_baselines_edit_through_the_same_interface(classifier, method):
     model, tokenizer = classifier()
-    editor = MPNEditor(
-        model, tokenizer, languages=["en"], method=method, progress=False, config=EditConfig(lr=1e-2, max_steps=100)
-    )
+    baseline = BaselineConfig(lr=1e-2, max_steps=100, norm_constraint=None)  # FT-L/LoRA take their own settings
+    editor = MPNEditor(model, tokenizer, languages=["en"], method=method, progress=False, baseline=baseline)
     record = wrong_records(model, tokenizer, 1)[0]
     result = editor.edit(record)
     assert result.success and result.method == method

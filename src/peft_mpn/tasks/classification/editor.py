@@ -11,6 +11,7 @@ import contextlib
 import logging
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -116,14 +117,14 @@ class MPNEditor(Editor):
     With ``languages=["en"]`` (or ``method="tpatcher"``) this is Transformer-Patcher: each patch is trained on the
     English edit example. With more languages it is MPN: the patch is trained on the edit and its translations, and
     the memory holds earlier edits in every training language. ``method="ft"`` and ``method="lora"`` run the
-    baselines through the same loop.
+    baselines through the same loop, ``method="grace"`` a GRACE-style codebook (one key per English edit).
 
     Args:
         model: A ``PeftModel`` with an MPN adapter, or a plain transformers classifier (wrapped as the method needs).
         tokenizer: Its tokenizer.
         languages: Training languages (English always included).
         memory: Unrelated texts the patch must stay silent on (never evaluation items).
-        method: ``"mpn"``, ``"tpatcher"``, ``"ft"`` or ``"lora"``.
+        method: ``"mpn"``, ``"tpatcher"``, ``"ft"``, ``"lora"`` or ``"grace"``.
         config: The edit's knobs (``EditConfig``). ``None``: the defaults, with ``position`` taken from the
             model's pooling (``"cls"`` for a [CLS]-pooled head, ``"all"`` for a mean-pooled one). A given config
             whose ``position`` does not match the pooling is refused (see ``tasks.classification.reading``).
@@ -138,7 +139,8 @@ class MPNEditor(Editor):
         code_switch: Languages of code-switched training examples (the English edit with its entity names in each
             language, as the pseudo-language ``"en>lang"``); they make keys fire on translations into languages no
             patch saw. With ``method="tpatcher"`` the patch still trains on English sentences only.
-        **strategy_kwargs: ``mpn_config`` or ``lora_config`` for wrapping a plain model.
+        **strategy_kwargs: ``mpn_config`` or ``lora_config`` for wrapping a plain model, ``baseline``
+            (`BaselineConfig`) for how FT-L and LoRA edit, ``grace`` (`GraceConfig`) for the GRACE codebook.
 
     Example:
         >>> editor = MPNEditor(model, tokenizer, languages=["en", "fr"], memory=["Water is wet."])  # doctest: +SKIP
@@ -168,7 +170,7 @@ class MPNEditor(Editor):
         **strategy_kwargs: Any,
     ) -> None:
         _check_classifier(model)
-        languages = training_languages(languages, english_only=method == "tpatcher")
+        languages = training_languages(languages, english_only=method in ("tpatcher", "grace"))
         if config is None:  # read the patch where the head reads: [CLS] or, for a mean-pooled head, every token
             config = EditConfig(position=read_position(model))
         else:
@@ -205,6 +207,7 @@ class MPNEditor(Editor):
         self._edit_inputs: CachedInputs | None = None  # the FFN inputs of the record being edited
         self._plans: dict[tuple[str, ...], _StepPlan] = {}
         self._trained: tuple[Any, Any] = (None, None)  # the new patch's (key, bias) and (value, sharpness)
+        self._replay: tuple[CachedInputs, torch.Tensor] | None = None  # baselines: replayed memory, its targets
 
     # ------------------------------------------------------------------ memory
     def _tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -363,7 +366,23 @@ class MPNEditor(Editor):
             self._base_output = self.suffix.value_output(cached)  # before the new patch exists
         params = self.strategy.begin(record.id, self._init_vector(cached), self.config)
         self._trained = (self.strategy.newest_patch(), self._split_value())  # the same tensors all edit long
+        self._replay = self._replay_set(record) if self.strategy.replay else None
         return cached, params
+
+    @torch.no_grad()
+    def _replay_set(self, record: EditRecord) -> tuple[CachedInputs, torch.Tensor] | None:
+        """Memory texts a baseline replays during this edit (a seeded sample) and their log-probabilities now."""
+        reads = self._memory.reads
+        if reads is None or not len(self._memory):
+            return None
+        if self.config.position != "cls":
+            logger.warning("BaselineConfig.replay applies with EditConfig.position='cls' only; editing without it")
+            return None
+        seed = self.config.seed * 1_000_003 + zlib.crc32(record.id.encode())
+        n = min(self.strategy.replay, reads.shape[0])
+        rows = torch.randperm(reads.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        batch = CachedInputs(reads[rows].unsqueeze(1).contiguous(), torch.ones(n, 1, dtype=torch.long))
+        return batch, torch.log_softmax(self.suffix.logits(batch), -1)
 
     def _step_plan(self, cached: CachedInputs, label: int, step: int) -> _StepPlan:
         """The rows of step ``step`` (the collator's batch, repeated rows folded into weights), built once."""
@@ -417,6 +436,12 @@ class MPNEditor(Editor):
             logits = self.suffix.logits(plan.batch)
             empty = logits.new_zeros(0)
             parts = patch_loss(logits, plan.labels, empty, empty, self.config, plan.weights, use_patch=False)
+            if self._replay is not None:  # baselines: keep the replayed memory's predictions (KL to before)
+                batch, target = self._replay
+                current = torch.log_softmax(self.suffix.logits(batch), -1)
+                replay = torch.nn.functional.kl_div(current, target, reduction="batchmean", log_target=True)
+                parts.memory = replay
+                parts.total = parts.total + self.strategy.baseline.replay_weight * replay
             return parts, stats_of(parts, logits, plan.labels, None, None)
         key, bias = patch
         if split is not None:

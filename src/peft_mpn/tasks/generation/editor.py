@@ -417,7 +417,9 @@ class CausalLMEditor(Editor):
         width = self.strategy.parts["value"].out_features
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + zlib.crc32(record.id.encode()))
         value = torch.randn(n, width, generator=generator) * self.config.value_init_std / width**0.5
-        self.model.add_patch(n, key=torch.stack(keys), bias=0.0, value=value, adapter_name=self.adapter_name)
+        self.model.add_patch(
+            n, key=torch.stack(keys), bias=0.0, value=value, adapter_name=self.adapter_name, edit_id=record.id
+        )
         if self.suffix is not None and not self._verified:
             self._verify_fast_path(rows)
         return rows
