@@ -560,12 +560,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the lifelong curve: one stream of 1 -> 1,000 edits, ER/GR/locality/speed per method at each point",
         "peft-mpn lifelong --output runs/lifelong --plot runs/lifelong/lifelong.png",
     )
-    p.add_argument("--methods", type=_csv, default=["tpatcher", "mpn", "grace", "ft", "lora"])
+    p.add_argument(
+        "--methods", type=_csv, default=["tpatcher", "mpn", "grace", "ft", "lora"], help="methods, comma-separated"
+    )
     p.add_argument("--points", type=_int_list, default=[1, 10, 100, 1000], help="records after which to measure")
     p.add_argument("--split", choices=["test", "validation"], default="test", help="validation: tuning runs")
     p.add_argument("--memory", type=_positive_int, default=1000, help="memory texts")
     p.add_argument("--model", default=None, help="'tiny' for a random smoke-test model (default: the demo's e5)")
-    p.add_argument("--max-countries", type=_positive_int, default=None)
+    p.add_argument("--max-countries", type=_positive_int, default=None, help="limit the benchmark (smoke runs)")
     p.add_argument("--timing-rounds", type=int, default=5, help="inference timing rounds per point (0: skip)")
     p.add_argument("--eval-all", type=int, default=100, help="GR/neighbourhood on the first N records, then a sample")
     p.add_argument("--eval-stride", type=_positive_int, default=5, help="... every k-th record after them")
@@ -583,8 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="directory for lifelong.json and lifelong.md")
     p.add_argument("--plot", default=None, help="write the curve as a PNG")
     p.add_argument("--combine", nargs="+", default=None, help="lifelong.json files to join into one table/plot")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seeds the data, the edits and the baselines")
+    p.add_argument("--quiet", action="store_true", help="no progress log")
     p.set_defaults(func=_lifelong)
 
     p = _sub(
