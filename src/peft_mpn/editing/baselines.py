@@ -17,9 +17,11 @@ chosen on the validation split (docs/benchmark.md, "Fair baselines").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,6 +186,18 @@ class Strategy(ABC):
         """Roll back an edit that failed mid-training (e.g. a NaN loss): the model is as before :meth:`begin`."""
         self.abort()
 
+    @contextlib.contextmanager
+    def unedited(self) -> Iterator[nn.Module]:
+        """The model as it was before any edit, inside the block (the reference of locality checks).
+
+        Adapters (MPN patches, LoRA) are disabled; FT-L swaps its original weights in for the block.
+        """
+        if isinstance(self.model, PeftModel):
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.model
+
     def newest_patch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Key weight ``(n, in)`` and bias ``(n,)`` of the patch being trained, if the method has one."""
         return None
@@ -331,6 +345,21 @@ class FTLStrategy(_BaselineStrategy):
         for p in base.parameters():
             p.requires_grad_(False)
         self._start: list[torch.Tensor] = []
+        self._original = [p.detach().clone() for p in self.params.values()]  # for unedited()
+
+    @contextlib.contextmanager
+    def unedited(self) -> Iterator[nn.Module]:
+        """The model with the FFN weights it had before the first edit, inside the block."""
+        edited = [p.detach().clone() for p in self.params.values()]
+        with torch.no_grad():
+            for p, original in zip(self.params.values(), self._original):
+                p.copy_(original)
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for p, now in zip(self.params.values(), edited):
+                    p.copy_(now)
 
     def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
         self._before = [p.detach().clone() for p in self.params.values()]  # for discard()
@@ -458,6 +487,15 @@ class GraceStrategy(Strategy):
             key.register_forward_pre_hook(self.codebook.stash_query),
             value.register_forward_hook(self.codebook.replace_output),
         ]
+
+    @contextlib.contextmanager
+    def unedited(self) -> Iterator[nn.Module]:
+        """The model with the codebook switched off, inside the block."""
+        enabled, self.codebook.enabled = self.codebook.enabled, False
+        try:
+            yield self.model
+        finally:
+            self.codebook.enabled = enabled
 
     def begin(self, record_id: str, ffn_input: torch.Tensor, config: Any) -> list[nn.Parameter]:
         if getattr(config, "position", "cls") != "cls":

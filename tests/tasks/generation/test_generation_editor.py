@@ -138,7 +138,7 @@ def test_bad_input_says_what_to_fix():
         editor.edit({"id": "x", "inputs": {"en": "v1"}, "label": 1})
     model = make_tiny_lm("gpt2", len(tokenizer))
     with pytest.raises(ValueError, match="method must be one of"):
-        CausalLMEditor(model, tokenizer, method="ft")
+        CausalLMEditor(model, tokenizer, method="grace")
     with pytest.raises(ValueError, match="max_neurons"):
         CausalLMEditor(model, tokenizer, max_neurons=0)
     with pytest.raises(ValueError, match="memory_hard_k"):

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...data.generation import GenerationEditRecord
-from ...editing.baselines import PatchStrategy, check_finite_input, make_strategy
+from ...editing.baselines import BaselineConfig, PatchStrategy, check_finite_input, make_strategy
 from ...editing.collator import Sampling, training_languages
 from ...editing.editor import Editor, EditResult
 from ...editing.fastpath import FastPathUnsupported, capture_inputs
@@ -35,12 +35,12 @@ from ...tuner.config import MPNConfig
 from ...utils.checks import is_int
 from .collator import EncodedEdit, GenerationEditCollator, pad_right
 from .fastpath import LMSuffix
-from .generate import base_model_of, greedy_generate, model_device, teacher_forced_predictions
+from .generate import greedy_generate, model_device, teacher_forced_predictions
 from .metrics import token_accuracy, token_agreement
 
 
 logger = logging.getLogger(__name__)
-GENERATION_METHODS = ("mpn", "tpatcher")
+GENERATION_METHODS = ("mpn", "tpatcher", "ft", "lora")
 
 
 @dataclass
@@ -55,7 +55,7 @@ class GenerationEditResult(EditResult):
         activation_edit: Smallest pre-activation of the new neurons at their target positions, last step.
         activation_memory: Largest pre-activation of the new neurons on the memory, last step.
         correct: Training language -> the target is the argmax at every position under teacher forcing.
-        method: ``"mpn"`` or ``"tpatcher"``.
+        method: ``"mpn"``, ``"tpatcher"``, ``"ft"`` or ``"lora"``.
         neurons: Neurons of the new patch: one per wrong target token, at most ``max_neurons``.
         generated: Training language -> greedy generation from the prompt produces the target.
         outputs: Training language -> the greedy generation (as many tokens as the target), decoded.
@@ -110,13 +110,19 @@ class CausalLMEditor(Editor):
 
     After an edit in :meth:`edit_stream`, the edit's prompt and target in every training language join the memory.
 
+    ``method="ft"`` (FT-L) and ``method="lora"`` run the baselines through the same loop, as for classifiers: no patch,
+    the last layer's MLP weights (FT-L, within ``BaselineConfig.norm_constraint``) or a LoRA adapter on its
+    projections are trained on the edit loss of every training language, with the same stop rule (stop once every
+    target token is the argmax in every training language), ``BaselineConfig``'s learning rate and step cap, and
+    ``BaselineConfig.replay`` memory positions whose next-token distribution must not move (a KL term, fast path).
+
     Args:
         model: A causal LM, plain (wrapped with ``mpn_config`` or the preset ``MPNConfig()``) or a ``PeftModel``
             whose MPN adapter patches a single FFN block.
         tokenizer: Its tokenizer.
         languages: Training languages (English always included).
         memory: Unrelated texts the patch must stay silent on (never evaluation prompts).
-        method: ``"mpn"`` or ``"tpatcher"`` (English only).
+        method: ``"mpn"``, ``"tpatcher"`` (English only), ``"ft"`` (FT-L) or ``"lora"``.
         config: The edit's knobs (`EditConfig`); ``position`` is not used (token-level edits read every target
             position).
         max_neurons: Most neurons per edit (Transformer-Patcher: 5). With more wrong target tokens than that, the
@@ -129,6 +135,8 @@ class CausalLMEditor(Editor):
             model every step, ``None`` picks the fast path where it is supported and verified.
         adapter_name: The MPN adapter to grow.
         mpn_config: The adapter config when ``model`` is a plain LM.
+        lora_config: LoRA's config (``method="lora"``; default: rank ``baseline.rank`` on the edited MLP).
+        baseline: How FT-L and LoRA edit (`BaselineConfig`; default ``BaselineConfig.for_method(method)``).
         sampling, k, weights: Language sampling per step (see `MultilingualEditCollator`).
         max_length: Token limit per text.
         progress: Show progress bars.
@@ -160,6 +168,8 @@ class CausalLMEditor(Editor):
         fast: bool | None = None,
         adapter_name: str = "default",
         mpn_config: MPNConfig | None = None,
+        lora_config: Any = None,
+        baseline: BaselineConfig | None = None,
         sampling: Sampling = "all",
         k: int | None = None,
         weights: dict[str, float] | None = None,
@@ -179,9 +189,15 @@ class CausalLMEditor(Editor):
         self.max_neurons = max_neurons
         self.memory_hard_k = memory_hard_k
         self.adapter_name = adapter_name
-        strategy = make_strategy("mpn", model, adapter_name=adapter_name, mpn_config=mpn_config)
-        if not isinstance(strategy, PatchStrategy):
-            raise TypeError(f"CausalLMEditor needs an MPN patch strategy, got {type(strategy).__name__}.")
+        strategy = make_strategy(
+            "mpn" if method == "tpatcher" else method,
+            model,
+            adapter_name=adapter_name,
+            mpn_config=mpn_config,
+            lora_config=lora_config,
+            baseline=baseline,
+        )
+        self.uses_patch = isinstance(strategy, PatchStrategy)
         config = config or EditConfig()
         collator = GenerationEditCollator.for_edits(
             tokenizer, languages, memory, config, sampling=sampling, k=k, weights=weights, max_length=max_length
@@ -194,14 +210,21 @@ class CausalLMEditor(Editor):
         self._verified = False
         if fast is not False:
             try:
-                self.suffix = LMSuffix(self.model, strategy.parts, adapter_name)
+                if self.uses_patch:
+                    self.suffix = LMSuffix(self.model, strategy.parts, adapter_name)
+                else:
+                    self.suffix = LMSuffix(self.model, {"key": strategy.key_module}, whole_mlp=True)
             except FastPathUnsupported:
                 if fast:
                     raise
                 logger.info("no generation fast path for this model; editing through the full model")
         self._memory_x: torch.Tensor | None = None
+        self._memory_z: torch.Tensor | None = None  # baselines with replay: the residual without the MLP's part
         self._memory_owner: torch.Tensor | None = None
         self._memory_count = 0
+        self._params: list[nn.Parameter] = []  # what the current edit trains
+        self._replay: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # baselines: x, z, log-probs
+        self._replay_warned = False
 
     @property
     def fast(self) -> bool:
@@ -215,25 +238,34 @@ class CausalLMEditor(Editor):
 
     # ------------------------------------------------------------------ memory
     def _sync_memory(self) -> None:
-        """Cache the FFN inputs of memory texts not cached yet (fast path), every non-padding position."""
+        """Cache the FFN inputs of memory texts not cached yet (fast path), every non-padding position.
+
+        The baselines need them only to replay (``BaselineConfig.replay``), and then with the residual stream too.
+        """
         texts = self.collator.memory[self._memory_count :]
-        if self.suffix is None or not texts:
+        replay = not self.uses_patch and self.strategy.replay > 0
+        if self.suffix is None or not texts or not (self.uses_patch or replay):
             return
         chunk = 64  # only the non-padding positions are kept, so padding never costs more than one chunk
-        xs, owners = [], []
+        xs, zs, owners = [], [], []
         starts = range(0, len(texts), chunk)
         bar = tqdm(starts, desc="caching memory", leave=False, disable=not (self.progress and len(texts) > chunk))
         for start in bar:
             ids = [self.collator.text_ids(t) for t in texts[start : start + chunk]]
-            states = self.suffix.capture(ids, self.pad_id, with_z=False)
+            states = self.suffix.capture(ids, self.pad_id, with_z=replay)
             keep = states.mask.bool()
             index = torch.arange(len(ids), device=keep.device).unsqueeze(1).expand_as(keep)[keep]
             xs.append(states.x[keep])
+            if replay:
+                zs.append(states.z[keep])
             owners.append(index + self._memory_count + start)
         if self._memory_x is not None:
             xs.insert(0, self._memory_x)
             owners.insert(0, self._memory_owner)
+            if replay:
+                zs.insert(0, self._memory_z)
         self._memory_x, self._memory_owner = torch.cat(xs), torch.cat(owners)
+        self._memory_z = torch.cat(zs) if replay else None
         self._memory_count += len(texts)
 
     # ------------------------------------------------------------------ checks
@@ -246,7 +278,7 @@ class CausalLMEditor(Editor):
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 8, *, base: bool = False) -> list[str]:
         """Greedy continuations of text prompts, decoded (``base=True``: with the adapter disabled)."""
         ids = [self.collator.text_ids(p) for p in prompts]
-        with base_model_of(self.model) if base else contextlib.nullcontext(self.model) as model:
+        with self.strategy.unedited() if base else contextlib.nullcontext(self.model) as model:
             generated = greedy_generate(model, ids, max_new_tokens)
         return [self.tokenizer.decode(seq) for seq in generated]
 
@@ -276,7 +308,7 @@ class CausalLMEditor(Editor):
         return self._check_encoded(languages, encoded, base=base)
 
     def _check_encoded(self, keys: Sequence[str], encoded: Sequence[EncodedEdit], *, base: bool = False) -> dict:
-        with base_model_of(self.model) if base else contextlib.nullcontext(self.model) as model:
+        with self.strategy.unedited() if base else contextlib.nullcontext(self.model) as model:
             forced = teacher_forced_predictions(model, encoded, self.pad_id)
             generated = [greedy_generate(model, [e.prompt_ids], len(e.target_ids))[0] for e in encoded]
         out = {}
@@ -315,14 +347,14 @@ class CausalLMEditor(Editor):
         return out
 
     def locality(self, prompts: Sequence[str], max_new_tokens: int = 8) -> dict[str, Any]:
-        """Token agreement with the base model (adapter disabled) on unrelated prompts.
+        """Token agreement with the unedited model (adapter disabled, FT-L's original weights) on unrelated prompts.
 
         The base model's greedy continuation of each prompt is the reference; the edited model reads the prompt and
         that continuation (teacher forcing) and predicts each continuation token. See
         `peft_mpn.generation_metrics.token_agreement` for the figures.
         """
         prompt_ids = [self.collator.text_ids(p) for p in prompts]
-        with base_model_of(self.model) as base:
+        with self.strategy.unedited() as base:
             reference = greedy_generate(base, prompt_ids, max_new_tokens)
         encoded = [EncodedEdit(p, r) for p, r in zip(prompt_ids, reference) if r]
         predicted = teacher_forced_predictions(self.model, encoded, self.pad_id)
@@ -330,7 +362,7 @@ class CausalLMEditor(Editor):
 
     # ------------------------------------------------------------------ one edit
     def _edit(self, record: GenerationEditRecord, start: float) -> GenerationEditResult:
-        """Add, train and freeze the patch of ``record`` (see `Editor.edit`).
+        """Add, train and freeze the patch of ``record`` (see `Editor.edit`); the baselines train their weights.
 
         A record whose targets the model already produces in every training language is returned as skipped,
         without a patch.
@@ -342,8 +374,9 @@ class CausalLMEditor(Editor):
             )
             return self._result(record, checks, start, skipped=True)
         steps, stats = self._train(rows)
-        n = int(self.strategy.parts["key"].bank(self.adapter_name).sizes[-1])
+        n = int(self.strategy.parts["key"].bank(self.adapter_name).sizes[-1]) if self.uses_patch else 0
         self.strategy.end()
+        self._replay = None
         self.model.eval()
         checks = self._check_encoded(self.languages, [rows[lang].encoded for lang in self.languages])
         return self._result(record, checks, start, steps=steps, stats=stats, neurons=n)
@@ -408,6 +441,12 @@ class CausalLMEditor(Editor):
                 m=states.m[row, at] if self.suffix is not None and states.m is not None else None,
             )
         check_finite_input(hidden, record.id)
+        if not self.uses_patch:  # FT-L, LoRA: no patch; train the MLP's weights (or LoRA factors)
+            self._params = self.strategy.begin(record.id, hidden[0, 0], self.config)
+            if self.suffix is not None and not self._verified:
+                self._verify_fast_path(rows)
+            self._replay = self._replay_set(record)
+            return rows
         keys = []
         for i in range(n):  # neuron i starts at its first position in the first language (English first) it has
             lang = next(lang for lang in self.languages if bool((rows[lang].neurons == i).any()))
@@ -422,7 +461,33 @@ class CausalLMEditor(Editor):
         )
         if self.suffix is not None and not self._verified:
             self._verify_fast_path(rows)
+        self._params = self.model.patch_parameters(self.adapter_name, newest_only=True)
         return rows
+
+    @torch.no_grad()
+    def _replay_set(self, record: GenerationEditRecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Memory positions a baseline replays during this edit (a sample seeded by the record) and their
+        next-token log-probabilities now: ``(x, z, log_probs)``, or ``None`` without replay or memory."""
+        n = self.strategy.replay
+        if not n:
+            return None
+        if self.suffix is None:
+            if not self._replay_warned:
+                logger.warning("BaselineConfig.replay applies on the fast path only; editing without it")
+                self._replay_warned = True
+            return None
+        if self._memory_x is None or not len(self._memory_x):
+            return None
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + zlib.crc32(record.id.encode()))
+        chosen = torch.randperm(len(self._memory_x), generator=generator)[:n].to(self._memory_x.device)
+        x, z = self._memory_x[chosen], self._memory_z[chosen]
+        return x, z, torch.log_softmax(self.suffix.mlp_logits(x, z).float(), -1)
+
+    def _fast_logits(self, x: torch.Tensor, z: torch.Tensor, m: torch.Tensor | None):
+        """The fast path's logits (and the new patch's pre-activations; ``None`` for the baselines)."""
+        if self.uses_patch:
+            return self.suffix.logits(x, z, m)
+        return self.suffix.mlp_logits(x, z), None
 
     def _verify_fast_path(self, rows: dict[str, _LanguageRows]) -> None:
         """Compare the fast path's logits with the full model's once; fall back to the full model if they differ.
@@ -433,7 +498,7 @@ class CausalLMEditor(Editor):
         """
         with torch.no_grad():
             lang = self.languages[0]
-            fast_logits, _ = self.suffix.logits(rows[lang].x, rows[lang].z, rows[lang].m)
+            fast_logits, _ = self._fast_logits(rows[lang].x, rows[lang].z, rows[lang].m)
             encoded = rows[lang].encoded
             ids, mask = pad_right([encoded.ids], self.pad_id)
             device = model_device(self.model)
@@ -461,8 +526,7 @@ class CausalLMEditor(Editor):
 
     # ------------------------------------------------------------------ training
     def _train(self, rows: dict[str, _LanguageRows]) -> tuple[int, StepStats | None]:
-        params = self.model.patch_parameters(self.adapter_name, newest_only=True)
-        return self._optimise(params, lambda step: self._step(rows, step))
+        return self._optimise(self._params, lambda step: self._step(rows, step))
 
     def _step(self, rows: dict[str, _LanguageRows], step: int) -> tuple[LossParts, StepStats]:
         weights = self.collator.step_weights(step)
@@ -471,14 +535,41 @@ class CausalLMEditor(Editor):
             x = torch.cat([rows[lang].x for lang in languages])
             z = torch.cat([rows[lang].z for lang in languages])
             m = torch.cat([rows[lang].m for lang in languages]) if rows[languages[0]].m is not None else None
-            logits, pre = self.suffix.logits(x, z, m)
+            logits, pre = self._fast_logits(x, z, m)
             sizes = [len(rows[lang].target) for lang in languages]
             logits_by = dict(zip(languages, logits.split(sizes)))
+            if not self.uses_patch:
+                return self._baseline_losses(rows, weights, logits_by)
             pre_by = dict(zip(languages, pre.split(sizes)))
             memory_acts = self._fast_memory_acts(step)
         else:
             logits_by, pre_by, memory_acts = self._full_forward(rows, languages, step)
+            if not self.uses_patch:
+                return self._baseline_losses(rows, weights, logits_by)
         return self._losses(rows, weights, logits_by, pre_by, memory_acts)
+
+    def _edit_loss(self, rows, weights, logits_by) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The edit loss over the step's languages, each counting ``weights[lang]`` whatever its target length,
+        with the logits and labels it was computed on."""
+        logits = torch.cat([logits_by[lang] for lang in weights])
+        labels = torch.cat([rows[lang].target for lang in weights])
+        token_w = torch.cat(
+            [torch.full((len(rows[lang].target),), w / len(rows[lang].target)) for lang, w in weights.items()]
+        )
+        return edit_loss(logits, labels, token_w.to(logits.device)), logits, labels
+
+    def _baseline_losses(self, rows, weights, logits_by) -> tuple[LossParts, StepStats]:
+        """FT-L's and LoRA's loss: the edit loss, plus the KL of the replayed memory positions to their
+        distributions before the edit (``BaselineConfig.replay``, ``replay_weight``)."""
+        e, logits, labels = self._edit_loss(rows, weights, logits_by)
+        zero = e.new_zeros(())
+        parts = LossParts(e, e, zero, zero)
+        if self._replay is not None:
+            x, z, target = self._replay
+            current = torch.log_softmax(self.suffix.mlp_logits(x, z).float(), -1)
+            replay = torch.nn.functional.kl_div(current, target, reduction="batchmean", log_target=True)
+            parts = LossParts(e + self.strategy.baseline.replay_weight * replay, e, zero, replay)
+        return parts, stats_of(parts, logits, labels, None, None)
 
     def _fast_memory_acts(self, step: int) -> torch.Tensor:
         patch_bias = self.suffix.newest()["bias"]
@@ -491,6 +582,15 @@ class CausalLMEditor(Editor):
         return self.suffix.pre_activations(x)
 
     def _full_forward(self, rows: dict[str, _LanguageRows], languages: list[str], step: int):
+        if not self.uses_patch:  # the baselines: the edit rows only
+            ids, mask = pad_right([rows[lang].encoded.ids for lang in languages], self.pad_id)
+            device = model_device(self.model)
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logits_by = {
+                lang: logits[row, torch.tensor(rows[lang].encoded.target_positions, device=logits.device)]
+                for row, lang in enumerate(languages)
+            }
+            return logits_by, None, None
         memory = [self.collator.memory[i] for i in self.collator.memory_indices(step)]
         sequences = [rows[lang].encoded.ids for lang in languages] + [self.collator.text_ids(t) for t in memory]
         ids, mask = pad_right(sequences, self.pad_id)
@@ -511,17 +611,13 @@ class CausalLMEditor(Editor):
     def _losses(self, rows, weights, logits_by, pre_by, memory_acts) -> tuple[LossParts, StepStats]:
         """Transformer-Patcher's loss over the step's languages; per-token weights make each language count
         ``weights[lang]`` times, whatever its target length."""
-        logits, labels, token_w, acts, act_w = [], [], [], [], []
+        acts, act_w = [], []
         for lang, weight in weights.items():
             r = rows[lang]
-            logits.append(logits_by[lang])
-            labels.append(r.target)
-            token_w.append(torch.full((len(r.target),), weight / len(r.target)))
             if r.positions.numel():
                 acts.append(pre_by[lang][r.positions, r.neurons])
                 act_w.append(torch.full((r.positions.numel(),), weight / r.positions.numel()))
-        logits_all, labels_all = torch.cat(logits), torch.cat(labels)
-        e = edit_loss(logits_all, labels_all, torch.cat(token_w).to(logits_all.device))
+        e, logits_all, labels_all = self._edit_loss(rows, weights, logits_by)
         memory_acts = memory_acts.reshape(-1)
         if acts:
             edit_acts = torch.cat(acts)
@@ -552,6 +648,7 @@ class CausalLMEditor(Editor):
                 parts, _ = self._step(rows, 0)
         finally:
             self.strategy.abort()
+            self._replay = None
         return parts.as_floats()
 
     # ------------------------------------------------------------------ streams

@@ -17,6 +17,11 @@ MLP's contribution, ``r = z_final - post_norm(m)`` (kept in float32, so that ``r
 ``z_final`` back exactly), and a step computes ``head(norm(r + post_norm(m + delta)))``. A final logit soft-cap
 (``config.final_logit_softcapping``, Gemma 2) is applied after the head as the model does.
 
+The FT-L and LoRA baselines train the patched layer's MLP itself (``whole_mlp=True``): then ``m``, the MLP's output, is
+cached for every architecture, ``z`` holds the residual stream without it, and a step computes
+``head(norm(r + post_norm(mlp(x))))`` (``post_norm`` the identity where the layer has none) with the MLP module's own
+forward, through its (LoRA-wrapped or fine-tuned) projections.
+
 `CausalLMEditor` checks this against the full model on its first edit and falls back to the full model if they
 disagree.
 
@@ -28,6 +33,7 @@ other decoders whose final norm and post-MLP norm (if any) are found by name and
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +41,6 @@ import torch
 from torch import nn
 
 from ...editing.fastpath import FastPathUnsupported
-from ...tuner.layer import MPNLayer
 from ...tuner.model import layer_index
 from .collator import pad_right
 from .generate import evaluating, model_device
@@ -81,23 +86,36 @@ class LMSuffix:
     """Runs a causal LM from its last FFN block on cached states.
 
     Args:
-        model: The ``PeftModel`` whose adapter patches one FFN block.
-        parts: That block's wrappers, ``{"key": MPNLayer, "value": MPNLayer, ("up": MPNLayer)}``.
+        model: The ``PeftModel`` whose adapter patches one FFN block (or, with ``whole_mlp``, the model whose last
+            MLP a baseline trains: plain, or wrapped by LoRA).
+        parts: That block's wrappers, ``{"key": MPNLayer, "value": MPNLayer, ("up": MPNLayer)}``; with
+            ``whole_mlp`` only ``{"key": the MLP's input projection}`` is needed.
         adapter_name: The adapter being edited.
+        whole_mlp: Train the whole MLP (FT-L, LoRA) rather than a new patch: :meth:`mlp_logits` runs the MLP module
+            on the cached inputs.
 
     Raises:
-        FastPathUnsupported: If the patch is not in the last layer, or no final norm, head or activation is found.
+        FastPathUnsupported: If the patch is not in the last layer, or no final norm, head or activation is found,
+            or (``whole_mlp``) the MLP's forward takes more than its input (BLOOM's takes the residual too).
 
     Example:
         >>> suffix = LMSuffix(peft_model, peft_model.patch_blocks()[block], "default")  # doctest: +SKIP
         >>> states = suffix.capture([edit.ids])  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, parts: dict[str, MPNLayer], adapter_name: str = "default") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        parts: dict[str, nn.Module],
+        adapter_name: str = "default",
+        *,
+        whole_mlp: bool = False,
+    ) -> None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.model = model
         self.parts = parts
         self.adapter_name = adapter_name
+        self.whole_mlp = whole_mlp
         key = parts["key"]
         names = {id(m): n for n, m in base.named_modules()}
         key_name = names.get(id(key))
@@ -116,7 +134,19 @@ class LMSuffix:
         self.head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
         mlp_name = key_name.rpartition(".")[0]
         mlp = base.get_submodule(mlp_name)
+        self.mlp = mlp
         layer = base.get_submodule(mlp_name.rpartition(".")[0])
+        if whole_mlp:
+            required = [
+                p
+                for p in inspect.signature(mlp.forward).parameters.values()
+                if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            if len(required) != 1:
+                raise FastPathUnsupported(
+                    f"no baseline fast path for {type(mlp).__name__}: its forward takes {len(required)} inputs, not "
+                    "just the hidden states; pass fast=False."
+                )
         self.post_norm: nn.Module | None = next(
             (getattr(layer, n) for n in POST_FFN_NORMS if isinstance(getattr(layer, n, None), nn.Module)), None
         )
@@ -161,11 +191,16 @@ class LMSuffix:
         def grab_m(_module: nn.Module, args: tuple) -> None:
             ms.append(args[0].detach())
 
+        def grab_mlp_output(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+            ms.append(output.detach())
+
         handles = [self.parts["key"].register_forward_pre_hook(grab_x)]
         if with_z:
             handles.append(self.norm.register_forward_pre_hook(grab_z))
             if self.post_norm is not None:
                 handles.append(self.post_norm.register_forward_pre_hook(grab_m))
+            elif self.whole_mlp:
+                handles.append(self.mlp.register_forward_hook(grab_mlp_output))
         try:
             with evaluating(self.model):
                 for start in range(0, ids.shape[0], batch_size):
@@ -182,8 +217,34 @@ class LMSuffix:
         m = torch.cat(ms) if with_z and ms else None
         if m is not None and z is not None:
             with torch.no_grad():  # the residual without the MLP's part; float32 so that r + post_norm(m) == z
-                z = z.float() - self.post_norm(m).float()
+                z = z.float() - self._post(m).float()
         return CachedStates(x, z, mask.to(x.device), m)
+
+    def _post(self, m: torch.Tensor) -> torch.Tensor:
+        """The MLP output as the layer adds it to the residual: through the post-MLP norm where there is one."""
+        return m if self.post_norm is None else self.post_norm(m)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.norm(hidden))
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def mlp_logits(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Logits with the MLP as it is now (FT-L, LoRA: ``whole_mlp``) at positions with cached ``x`` and ``z``.
+
+        Args:
+            x: ``(..., d_in)`` MLP inputs.
+            z: ``(..., d_model)`` the residual stream without the MLP's contribution (:class:`CachedStates` of a
+                ``whole_mlp`` suffix), float32.
+
+        Returns:
+            ``(..., vocab)`` logits: ``head(norm(z + post_norm(mlp(x))))``.
+        """
+        if not self.whole_mlp:
+            raise ValueError("LMSuffix.mlp_logits needs a suffix built with whole_mlp=True (the FT-L/LoRA fast path).")
+        out = self.mlp(x)
+        return self._head((z + self._post(out).float()).to(out.dtype))
 
     # ------------------------------------------------------------------ the newest patch
     def newest(self) -> dict[str, torch.Tensor]:
@@ -242,7 +303,4 @@ class LMSuffix:
             hidden = z + delta.to(z.dtype)
         else:
             hidden = (z + self.post_norm(m + delta.to(m.dtype)).float()).to(m.dtype)
-        logits = self.head(self.norm(hidden))
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits, pre
+        return self._head(hidden), pre
