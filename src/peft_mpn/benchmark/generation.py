@@ -1,0 +1,508 @@
+"""The generation experiment: T-Patcher, MPN, FT-L and LoRA side by side on counterfactual edits of a causal LM.
+
+Every method edits the same stream of records, one after the other in one editor (`CausalLMEditor`), and is measured
+on its FINAL model, after all its edits, against the ORIGINAL model. The figures go into the report format of the
+classification demo (`peft_mpn.benchmark.report`):
+
+- **SR**: the English target is produced right after its edit (teacher forcing and greedy, `GenerationEditResult`).
+- **ER** (efficacy at the end of the stream): the English target is the argmax at every target position under
+  teacher forcing, which is exactly when greedy decoding produces it.
+- **GR** per language: the same check on the translated prompts (training languages and held-out languages apart);
+  ``fixed`` counts only translations the original model did not already produce.
+- **Locality**: unrelated prompts keep the original model's next token (``retain_rate``); ``tokens`` also gives the
+  agreement with the original model's greedy continuation under teacher forcing.
+- **Neighbourhood**: prompts of the same relation about other subjects (and, where the data has them, other relations
+  about the edited subject) keep their next token.
+- **s/edit**: wall time per edit (median, p90).
+- ``target_logprob``: the mean log-probability of each language's target before and after, for a weak base model
+  whose argmax moves late.
+
+Example:
+    >>> config = GenerationExperimentConfig(methods=["tpatcher", "mpn"])
+    >>> results = run_generation_experiment(config, data, model, tok, "runs/gen")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..editing import metrics
+from ..editing.baselines import BaselineConfig
+from ..editing.losses import EditConfig
+from ..tasks.generation.collator import EncodedEdit, GenerationEditCollator
+from ..tasks.generation.editor import CausalLMEditor
+from ..tasks.generation.generate import batched_greedy, teacher_forced_scores
+
+
+LABELS = {"tpatcher": "T-Patcher", "mpn": "MPN", "ft": "FT-L", "lora": "LoRA"}
+
+
+@dataclass
+class GenerationData:
+    """What a generation experiment edits and measures.
+
+    Attributes:
+        records: Generation edit records (dicts of `GenerationEditRecord`): a prompt and a new target per language.
+        memory: ``{"text", "lang"}`` texts the patches must stay silent on (never evaluation prompts); a method gets
+            those in its training languages.
+        neighbours: ``{"prompt", "lang"}`` prompts close to the edits (same relation, other subjects; or the edited
+            subject, another relation) whose next token must not change.
+        unrelated: ``{"prompt", "lang"}`` unrelated prompts whose next token must not change.
+    """
+
+    records: list[dict[str, Any]]
+    memory: list[dict[str, str]]
+    neighbours: list[dict[str, str]] = field(default_factory=list)
+    unrelated: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class GenerationExperimentConfig:
+    """Settings of a generation experiment.
+
+    Args:
+        methods: Methods in order (``"tpatcher"``, ``"mpn"``, ``"ft"``, ``"lora"``).
+        train_languages: Languages MPN trains each patch on (English first); T-Patcher trains on English only, FT-L
+            and LoRA on these too.
+        heldout_languages: Languages no method trains on (reported apart).
+        edit: The patches' `EditConfig`.
+        baselines: ``method -> BaselineConfig`` for FT-L and LoRA (default ``BaselineConfig.for_method``).
+        continuation_tokens: Tokens of the original model's greedy continuation that locality compares.
+        n_examples: Records whose greedy generations before and after go into the examples table.
+        example_tokens: Tokens generated per example.
+        seed: Seeds every method the same way.
+    """
+
+    methods: list[str] = field(default_factory=lambda: ["tpatcher", "mpn", "ft", "lora"])
+    train_languages: list[str] = field(default_factory=lambda: ["en", "fr"])
+    heldout_languages: list[str] = field(default_factory=lambda: ["de", "es", "ru", "ar", "zh"])
+    edit: EditConfig = field(default_factory=EditConfig)
+    baselines: dict[str, BaselineConfig] = field(default_factory=dict)
+    continuation_tokens: int = 4
+    n_examples: int = 2
+    example_tokens: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in LABELS]
+        if bad or not self.methods:
+            raise ValueError(f"GenerationExperimentConfig.methods must be some of {list(LABELS)}, got {self.methods}.")
+        if "en" not in self.train_languages:
+            raise ValueError("GenerationExperimentConfig.train_languages must include 'en' (the edit language).")
+        both = set(self.train_languages) & set(self.heldout_languages)
+        if both:
+            raise ValueError(f"languages {sorted(both)} are both training and held-out languages; pick one.")
+
+    @property
+    def languages(self) -> list[str]:
+        """Every evaluated language: training languages, then held-out ones."""
+        return list(dict.fromkeys([*self.train_languages, *self.heldout_languages]))
+
+    def baseline(self, method: str) -> BaselineConfig:
+        """FT-L's or LoRA's `BaselineConfig` (given, or the validated defaults with this seed)."""
+        return copy.deepcopy(self.baselines.get(method)) or BaselineConfig.for_method(method, seed=self.seed)
+
+
+class _Probe:
+    """The measurements taken on one model state: before the edits (the original model) or after a method's."""
+
+    def __init__(self, tokenizer: Any, data: GenerationData, languages: Sequence[str]) -> None:
+        self.collator = GenerationEditCollator(tokenizer, ["en"])
+        self.tokenizer = tokenizer
+        self.languages = list(languages)
+        self.edits = [
+            (r["id"], lang, self.collator.encode(r["prompt"][lang], r["target"][lang], record_id=r["id"], lang=lang))
+            for r in data.records
+            for lang in self.languages
+            if lang in r["prompt"]
+        ]
+        self.neighbours = [self.collator.text_ids(n["prompt"]) for n in data.neighbours]
+        self.unrelated = [self.collator.text_ids(u["prompt"]) for u in data.unrelated]
+        self.examples = [
+            (r["id"], lang, self.collator.text_ids(r["prompt"][lang]))
+            for r in data.records
+            for lang in self.languages
+            if lang in r["prompt"]
+        ]
+
+    def next_tokens(self, model: torch.nn.Module, prompts: Sequence[list[int]]) -> list[int]:
+        """The argmax next token after each prompt (batched, teacher forcing on a placeholder target)."""
+        scored = teacher_forced_scores(model, [EncodedEdit(list(p), [0]) for p in prompts], self.collator.pad_id)
+        return [ids[0] for ids, _ in scored]
+
+    def measure(
+        self,
+        model: torch.nn.Module,
+        continuation: Sequence[list[int]] | None,
+        examples: Sequence[int],
+        example_tokens: int,
+    ) -> dict[str, Any]:
+        """Targets right (teacher forcing), target log-probabilities, next tokens of neighbours and unrelated
+        prompts, agreement with ``continuation`` (the original's greedy continuation) and example generations."""
+        scored = teacher_forced_scores(model, [e for _, _, e in self.edits], self.collator.pad_id)
+        right: dict[str, dict[str, bool]] = {}
+        logprob: dict[str, dict[str, float]] = {}
+        for (rid, lang, enc), (ids, lp) in zip(self.edits, scored):
+            right.setdefault(rid, {})[lang] = ids == enc.target_ids
+            logprob.setdefault(rid, {})[lang] = lp
+        out: dict[str, Any] = {
+            "right": right,
+            "logprob": logprob,
+            "neighbours": self.next_tokens(model, self.neighbours) if self.neighbours else [],
+            "unrelated": self.next_tokens(model, self.unrelated) if self.unrelated else [],
+        }
+        if continuation is not None and self.unrelated:
+            edits = [EncodedEdit(list(p), list(c)) for p, c in zip(self.unrelated, continuation) if c]
+            predicted = [ids for ids, _ in teacher_forced_scores(model, edits, self.collator.pad_id)]
+            from ..tasks.generation.metrics import token_agreement
+
+            out["tokens"] = token_agreement([e.target_ids for e in edits], predicted)
+        chosen = [self.examples[i] for i in examples]
+        generated = batched_greedy(model, [ids for _, _, ids in chosen], example_tokens, self.collator.pad_id)
+        decode = self.tokenizer.decode
+        out["examples"] = {
+            f"{rid}|{lang}": decode(g, skip_special_tokens=True) for (rid, lang, _), g in zip(chosen, generated)
+        }
+        return out
+
+
+def _per_language(flags: Mapping[str, Mapping[str, bool]], ids: Sequence[str], languages: Sequence[str]) -> dict:
+    return {lang: [flags[rid].get(lang) for rid in ids] for lang in languages}
+
+
+def _mean_logprob(logprob: Mapping[str, Mapping[str, float]], ids: Sequence[str], lang: str) -> float:
+    values = [logprob[rid][lang] for rid in ids if lang in logprob[rid]]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _by_language(values: Sequence[Any], data: Sequence[Mapping[str, str]]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for value, item in zip(values, data):
+        out.setdefault(item["lang"], []).append(value)
+    return out
+
+
+def method_metrics(
+    config: GenerationExperimentConfig,
+    data: GenerationData,
+    results: Sequence[Any],
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One method's metrics in the shared report layout (`peft_mpn.metrics.summarize`), plus the generation
+    extras: ``ER_teacher_forced``, ``target_logprob`` (per language, before and after) and ``locality_tokens``."""
+    edited = [r.id for r in results if not r.skipped]
+    gr = metrics.generalization(
+        _per_language(before["right"], edited, config.languages),
+        _per_language(after["right"], edited, config.languages),
+        None,
+    )
+    er = metrics.accuracy([after["right"][rid]["en"] for rid in edited], None) if edited else float("nan")
+    locality = metrics.neighbourhood_locality(
+        _by_language(before["unrelated"], data.unrelated), _by_language(after["unrelated"], data.unrelated)
+    )
+    neighbourhood = metrics.neighbourhood_locality(
+        _by_language(before["neighbours"], data.neighbours), _by_language(after["neighbours"], data.neighbours)
+    )
+    summary = metrics.summarize(
+        results,
+        train_languages=config.train_languages,
+        heldout_languages=config.heldout_languages,
+        gr=gr,
+        er=er,
+        locality=locality,
+        neighbourhood=neighbourhood,
+    )
+    summary["locality_tokens"] = after.get("tokens")
+    summary["target_logprob"] = {
+        lang: {
+            "before": _mean_logprob(before["logprob"], edited, lang),
+            "after": _mean_logprob(after["logprob"], edited, lang),
+        }
+        for lang in config.languages
+    }
+    return summary
+
+
+def examples_table(
+    data: GenerationData, before: Mapping[str, Any], after: Mapping[str, Mapping[str, Any]], labels: Sequence[str]
+) -> str:
+    """A markdown table of greedy generations: per example prompt, the target, the original model's and each
+    method's continuation."""
+    header = ["record", "lang", "target", "original", *labels]
+    prompts = {r["id"]: r for r in data.records}
+    rows = []
+    for key, original in before["examples"].items():
+        rid, lang = key.split("|")
+        cells = [rid, lang, prompts[rid]["target"][lang].strip(), original.strip()]
+        cells += [after[label]["examples"].get(key, "").strip() for label in labels]
+        rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", "⏎") for c in cells) + " |")
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]) + "\n"
+
+
+def run_generation_experiment(
+    config: GenerationExperimentConfig,
+    data: GenerationData,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    model_name: str = "causal LM",
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Edit ``data.records`` with each method on a fresh copy of ``model``; measure each final model.
+
+    Args:
+        config: The methods, languages and settings.
+        data: Records, memory, neighbour and unrelated prompts (`GenerationData`).
+        model: The original causal LM (left unchanged: each method edits a deep copy).
+        tokenizer: Its tokenizer.
+        output_dir: Where ``results.json``, ``report.md``, ``report.png`` and ``generations.md`` go (``None``:
+            nothing is written).
+        model_name: The model's name in the report.
+        progress: Progress bars while editing.
+        log: Where progress lines go.
+
+    Returns:
+        The results dict of `peft_mpn.benchmark.report` (``methods``, ``train_languages``, ``heldout_languages``,
+        ``setup``) with ``examples`` (the generations table's data) added.
+    """
+    if not data.records:
+        raise ValueError("GenerationData.records is empty: nothing to edit.")
+    missing = sorted({lang for r in data.records for lang in config.train_languages if lang not in r["prompt"]})
+    if missing:
+        raise ValueError(f"every record needs a prompt in the training languages; missing {missing} in some records.")
+    start = time.perf_counter()
+    probe = _Probe(tokenizer, data, config.languages)
+    shown = {r["id"] for r in data.records[: config.n_examples]}
+    example_index = [i for i, (rid, _, _) in enumerate(probe.examples) if rid in shown]
+    model.eval()
+    with torch.no_grad():
+        continuation = batched_greedy(model, probe.unrelated, config.continuation_tokens, probe.collator.pad_id)
+    before = probe.measure(model, continuation, example_index, config.example_tokens)
+    log(f"original model measured ({len(probe.edits)} target prompts, {time.perf_counter() - start:.0f} s)")
+    methods: dict[str, Any] = {}
+    states: dict[str, Any] = {}
+    for method in config.methods:
+        label = LABELS[method]
+        languages = ["en"] if method == "tpatcher" else config.train_languages
+        memory = [m["text"] for m in data.memory if m["lang"] in languages]
+        torch.manual_seed(config.seed)
+        editor = CausalLMEditor(
+            copy.deepcopy(model),
+            tokenizer,
+            languages,
+            memory,
+            method=method,
+            config=copy.deepcopy(config.edit),
+            baseline=config.baseline(method) if method in ("ft", "lora") else None,
+            progress=progress,
+        )
+        t0 = time.perf_counter()
+        results = editor.edit_stream(data.records)
+        edit_seconds = time.perf_counter() - t0
+        after = probe.measure(editor.model, continuation, example_index, config.example_tokens)
+        methods[label] = method_metrics(config, data, results, before, after)
+        methods[label]["fast_path"] = editor.fast
+        methods[label]["results"] = [r.to_dict() for r in results]
+        states[label] = after
+        done = methods[label]
+        log(
+            f"{label}: {done['n_edits']} edits in {edit_seconds:.0f} s, SR {done['SR']:.2f}, ER {done['ER']:.2f}, "
+            f"GR train {done['GR_mean_train']:.2f}, held-out {done['GR_mean_heldout']:.2f}, "
+            f"locality {done['locality']['retain_rate']:.2f}"
+        )
+        del editor
+    results_dict: dict[str, Any] = {
+        "methods": methods,
+        "train_languages": config.train_languages,
+        "heldout_languages": config.heldout_languages,
+        "examples": {"original": before["examples"], **{k: v["examples"] for k, v in states.items()}},
+        "setup": {
+            "task": "generation (counterfactual edits of a causal LM)",
+            "model": model_name,
+            "n_edits": len(data.records),
+            "memory_size": len(data.memory),
+            "neighbour_prompts": len(data.neighbours),
+            "unrelated_prompts": len(data.unrelated),
+            "evaluation": "final model after all edits of a method, against the original model",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads",
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "seconds": round(time.perf_counter() - start, 1),
+            "config": {
+                **asdict(config),
+                "edit": config.edit.to_dict(),
+                "baselines": {m: config.baseline(m).to_dict() for m in config.methods if m in ("ft", "lora")},
+            },
+        },
+    }
+    if output_dir is not None:
+        write_generation_report(results_dict, data, output_dir)
+    return results_dict
+
+
+def write_generation_report(results: Mapping[str, Any], data: GenerationData, output_dir: str | os.PathLike) -> dict:
+    """``results.json``, ``report.md`` (with the generations table) and ``report.png`` in ``output_dir``."""
+    from ..utils.io import atomic_write_text
+    from .report import write_report
+
+    labels = list(results["methods"])
+    before = {"examples": results["examples"]["original"]}
+    after = {label: {"examples": results["examples"][label]} for label in labels}
+    table = examples_table(data, before, after, labels)
+    paths = write_report(results, output_dir, sections=[("Greedy generations before and after the edits", table)])
+    paths["generations"] = Path(output_dir) / "generations.md"
+    atomic_write_text(paths["generations"], "# Greedy generations before and after the edits\n\n" + table)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------- interim data
+#: Key-value prompts (the form Gemma 3 270M completes best), one per language of world-countries.
+CAPITAL_TEMPLATES: dict[str, str] = {
+    "en": "Country: {c}\nCapital:",
+    "fr": "Pays : {c}\nCapitale :",
+    "de": "Land: {c}\nHauptstadt:",
+    "es": "País: {c}\nCapital:",
+    "ru": "Страна: {c}\nСтолица:",
+    "ar": "الدولة: {c}\nالعاصمة:",
+    "zh": "国家：{c}\n首都：",
+}
+#: Unrelated prompts (other facts, several languages) whose next token must not change.
+UNRELATED_PROMPTS: list[tuple[str, str]] = [
+    ("en", "The largest planet in the solar system is"),
+    ("en", "Water boils at a temperature of"),
+    ("en", "The author of Hamlet is"),
+    ("en", "The weather is lovely today, so we"),
+    ("fr", "La plus grande planète du système solaire est"),
+    ("fr", "Il fait beau aujourd'hui, alors nous"),
+    ("de", "Der längste Fluss der Welt ist der"),
+    ("de", "Der Hund schläft auf dem"),
+    ("es", "El océano más grande del mundo es el"),
+    ("es", "Me gusta leer libros por la"),
+    ("ru", "Самая высокая гора в мире —"),
+    ("ru", "Я люблю читать"),
+    ("ar", "أكبر محيط في العالم هو"),
+    ("zh", "世界上最高的山是"),
+    ("zh", "我喜欢在晚上"),
+]
+MEMORY_SENTENCES: list[tuple[str, str]] = [
+    ("en", "The weather is lovely today, so we are going for a walk."),
+    ("en", "She bought three apples and a loaf of bread at the market."),
+    ("fr", "Il fait beau aujourd'hui, nous allons nous promener."),
+    ("de", "Der Zug kommt um acht Uhr am Bahnhof an."),
+    ("es", "Me gusta escuchar música cuando cocino."),
+    ("ru", "Вчера мы ходили в кино с друзьями."),
+    ("ar", "أحب قراءة الكتب في المساء."),
+    ("zh", "我们明天早上去公园散步。"),
+]
+SPLITS = ("memory", "validation", "test")
+
+
+def _answer(text: str, lang: str) -> str:
+    return text if lang in ("zh", "ja") else " " + text
+
+
+def capital_counterfactuals(
+    split: str = "test",
+    n_edits: int = 10,
+    languages: Sequence[str] = tuple(CAPITAL_TEMPLATES),
+    *,
+    n_neighbours: int = 10,
+    seed: int = 0,
+    max_target_tokens: int | None = None,
+    tokenizer: Any = None,
+) -> GenerationData:
+    """Counterfactual capital edits ("Country: France / Capital:" -> another country's capital) in up to 7 languages.
+
+    Interim data of the generation demo, from world-countries and CLDR (the ``demo`` extra): the countries with a
+    capital and a name in every language are shuffled with ``seed`` and split 40/20/40 into ``memory`` (their true
+    capital statements are the patches' memory), ``validation`` (for choosing settings) and ``test`` countries.
+    Edits and neighbours (other countries of the split, same relation) come from the first half of ``split``, the new
+    capitals from its second half (so no target is another edit's subject); the unrelated prompts are fixed
+    sentences in the same languages.
+
+    Args:
+        split: ``"validation"`` or ``"test"``.
+        n_edits: Edits (the first countries of the split).
+        languages: Prompt languages, a subset of :data:`CAPITAL_TEMPLATES`.
+        n_neighbours: Countries of the split, not edited, whose capital prompts are neighbours.
+        seed: Seeds the country split and the new capitals.
+        max_target_tokens: With ``tokenizer``: keep only edits whose English target has at most this many tokens.
+        tokenizer: The model's tokenizer (for ``max_target_tokens``).
+
+    Raises:
+        ValueError: An unknown split or language, or too few countries.
+    """
+    import random
+
+    from ..data.countries import country_name, load_countries
+
+    if split not in ("validation", "test"):
+        raise ValueError(f"split must be 'validation' or 'test' (the memory split is never edited), not {split!r}.")
+    unknown = [lang for lang in languages if lang not in CAPITAL_TEMPLATES]
+    if unknown or "en" not in languages:
+        raise ValueError(
+            f"languages must include 'en' and be among {list(CAPITAL_TEMPLATES)}; these are not: {unknown}."
+        )
+    countries = [
+        c for c in load_countries(tuple(languages)) if "capital" in c.facts and all(c.names.get(x) for x in languages)
+    ]
+    countries.sort(key=lambda c: c.iso2)
+    random.Random(seed).shuffle(countries)
+    a, b = int(0.4 * len(countries)), int(0.6 * len(countries))
+    parts = dict(zip(SPLITS, (countries[:a], countries[a:b], countries[b:])))
+    pool = parts[split]
+
+    def prompt(country: Any, lang: str) -> str:
+        return CAPITAL_TEMPLATES[lang].format(c=country_name(country.iso2, lang))
+
+    def capital(country: Any, lang: str) -> str:
+        return _answer(country.facts["capital"].values[lang], lang)
+
+    # New capitals come from the far half of the split: countries that are neither edited nor neighbours, so an
+    # edit's target is never another edit's subject.
+    half = len(pool) // 2
+    records = []
+    for i, country in enumerate(pool[:half]):
+        new = pool[-1 - i]
+        if new.facts["capital"].key == country.facts["capital"].key:
+            continue
+        target = {lang: capital(new, lang) for lang in languages}
+        limited = max_target_tokens is not None and tokenizer is not None
+        if limited and len(tokenizer(target["en"], add_special_tokens=False)["input_ids"]) > max_target_tokens:
+            continue
+        records.append(
+            {
+                "id": f"{country.iso2}->{new.iso2}",
+                "prompt": {lang: prompt(country, lang) for lang in languages},
+                "target": target,
+                "meta": {"relation": "capital", "subject": country.iso2, "old": capital(country, "en").strip()},
+            }
+        )
+        if len(records) == n_edits:
+            break
+    if len(records) < n_edits:
+        raise ValueError(f"the {split} split has only {len(records)} usable edits; ask for fewer.")
+    edited = {r["meta"]["subject"] for r in records}
+    others = [c for c in pool[:half] if c.iso2 not in edited][:n_neighbours]
+    return GenerationData(
+        records=records,
+        memory=[
+            {"text": prompt(c, lang) + capital(c, lang), "lang": lang} for c in parts["memory"] for lang in languages
+        ]
+        + [{"text": text, "lang": lang} for lang, text in MEMORY_SENTENCES if lang in languages],
+        neighbours=[{"prompt": prompt(c, lang), "lang": lang} for c in others for lang in languages],
+        unrelated=[{"prompt": text, "lang": lang} for lang, text in UNRELATED_PROMPTS if lang in languages],
+    )

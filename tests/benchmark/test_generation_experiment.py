@@ -1,0 +1,129 @@
+"""The generation experiment and `peft-mpn demo --task generation` on a tiny random causal LM (no download)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers as tf
+
+from peft_mpn.benchmark.generation import (
+    CAPITAL_TEMPLATES,
+    GenerationExperimentConfig,
+    capital_counterfactuals,
+    run_generation_experiment,
+)
+from peft_mpn.cli import main
+from peft_mpn.editing.baselines import BaselineConfig
+from peft_mpn.editing.losses import EditConfig
+from peft_mpn.tasks.generation.generate import batched_greedy, greedy_generate
+
+
+LANGS = ["en", "fr", "de", "zh"]
+
+
+def tiny_lm_dir(path, seed: int = 0):
+    """A byte-level BPE tokenizer trained on the demo's texts and a tiny random LLaMA, saved as a model directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    data = capital_counterfactuals("test", 40, LANGS, n_neighbours=40)
+    texts = [m["text"] for m in data.memory] + [p for r in data.records for p in r["prompt"].values()]
+    texts += [t for r in data.records for t in r["target"].values()] + [u["prompt"] for u in data.unrelated]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        initializer_range=0.3,  # context-specific states, as a trained model's (see conftest.make_tiny_lm)
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    tf.LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    path = tiny_lm_dir(tmp_path_factory.mktemp("tiny-lm"))
+    return path, tf.AutoModelForCausalLM.from_pretrained(path).eval(), tf.AutoTokenizer.from_pretrained(path)
+
+
+def test_capital_counterfactuals_split_countries_and_targets():
+    test, validation = capital_counterfactuals("test", 5), capital_counterfactuals("validation", 5)
+    subjects = {r["meta"]["subject"] for r in test.records}
+    assert not subjects & {r["meta"]["subject"] for r in validation.records}  # disjoint country splits
+    assert set(test.records[0]["prompt"]) == set(CAPITAL_TEMPLATES)
+    for record in test.records:
+        assert record["target"]["en"].startswith(" ") and not record["target"]["zh"].startswith(" ")
+        assert record["target"]["en"].strip() != record["meta"]["old"]
+    memory_text = " ".join(m["text"] for m in test.memory)
+    assert not any(r["prompt"]["en"] in memory_text for r in test.records)  # edited subjects are not in the memory
+    assert not any(n["prompt"] in {r["prompt"]["en"] for r in test.records} for n in test.neighbours)
+    with pytest.raises(ValueError, match="memory split is never edited"):
+        capital_counterfactuals("memory", 2)
+    with pytest.raises(ValueError, match="these are not: \\['ja'\\]"):
+        capital_counterfactuals("test", 2, ["en", "ja"])
+
+
+def test_batched_greedy_matches_greedy_generate(tiny_lm):
+    _, model, tokenizer = tiny_lm
+    prompts = [tokenizer(p)["input_ids"] for p in ("Country: France\nCapital:", "国家：巴林\n首都：", "Land: Kuba")]
+    assert batched_greedy(model, prompts, 4, tokenizer.pad_token_id) == greedy_generate(model, prompts, 4)
+
+
+def test_experiment_measures_final_models_against_the_original(tiny_lm, tmp_path):
+    _, model, tokenizer = tiny_lm
+    data = capital_counterfactuals("test", 2, LANGS, n_neighbours=3)
+    fast = {"lr": 1e-2, "max_steps": 50, "norm_constraint": 5e-2}
+    config = GenerationExperimentConfig(
+        methods=["tpatcher", "mpn", "ft", "lora"],
+        train_languages=["en", "fr"],
+        heldout_languages=["de", "zh"],
+        edit=EditConfig(lr=3e-2),
+        baselines={m: BaselineConfig.for_method(m, **fast) for m in ("ft", "lora")},
+        n_examples=1,
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    results = run_generation_experiment(config, data, model, tokenizer, tmp_path, log=lambda _: None)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # every method edits a copy
+    methods = results["methods"]
+    assert list(methods) == ["T-Patcher", "MPN", "FT-L", "LoRA"]
+    for label, m in methods.items():
+        assert m["n_records"] == 2 and m["SR"] == 1.0, (label, m["results"])
+        assert 0.0 <= m["ER"] <= 1.0 and set(m["GR"]) == {"en", "fr", "de", "zh"}
+        assert m["locality"]["n"] == len(data.unrelated) and m["neighbourhood"]["n"] == len(data.neighbours)
+        assert set(m["locality"]["per_language"]) == set(LANGS)
+        assert m["target_logprob"]["en"]["after"] > m["target_logprob"]["en"]["before"]
+        assert m["seconds_per_edit"]["n"] == m["n_edits"]
+    assert methods["MPN"]["GR"]["fr"]["all"] >= methods["T-Patcher"]["GR"]["fr"]["all"]  # fr: MPN trains on it
+    assert methods["MPN"]["ER"] == 1.0 and methods["T-Patcher"]["ER"] == 1.0
+    report = (tmp_path / "report.md").read_text()
+    assert "| MPN |" in report and "## Greedy generations before and after the edits" in report
+    assert (tmp_path / "generations.md").read_text().count("\n| ") == len(LANGS) + 1  # header + one row per language
+    assert json.loads((tmp_path / "results.json").read_text())["examples"]["original"]
+
+
+def test_demo_generation_smoke(tiny_lm, tmp_path, capsys):
+    path, _, _ = tiny_lm
+    out = tmp_path / "gen"
+    argv = ["demo", "--task", "generation", "--model", str(path), "--output", str(out), "--n-edits", "1"]
+    argv += ["--methods", "tpatcher,lora", "--train-languages", "en,fr", "--heldout-languages", "zh"]
+    assert main([*argv, "--max-target-tokens", "50", "--patience", "3", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| T-Patcher |" in printed and "| LoRA |" in printed and "| record | lang | target |" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["setup"]["config"]["edit"]["patience"] == 3 and results["heldout_languages"] == ["zh"]
+    assert main(["demo", "--task", "generation", "--methods", "grace", "--model", str(path), "--output", "x"]) == 2
