@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo demo-generation clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/peft-mpn demo --output runs/demo
+
+# The same comparison on counterfactual capital edits of Gemma 3 270M (the llm extra, which [dev] includes).
+demo-generation: $(STAMP)
+	$(VENV)/bin/peft-mpn demo --task generation --output runs/demo-generation
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -29,21 +29,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from peft_mpn import CausalLMEditor, EditConfig  # noqa: E402
+from peft_mpn.benchmark.generation import CAPITAL_TEMPLATES  # noqa: E402
 from peft_mpn.data.countries import country_name, load_countries  # noqa: E402
 from peft_mpn.models import load_causal_lm  # noqa: E402
 
 
 LANGS = ("en", "fr", "de", "es", "ru", "ar", "zh", "ja")
-TEMPLATES = {
-    "en": "Country: {c}\nCapital:",
-    "fr": "Pays : {c}\nCapitale :",
-    "de": "Land: {c}\nHauptstadt:",
-    "es": "País: {c}\nCapital:",
-    "ru": "Страна: {c}\nСтолица:",
-    "ar": "الدولة: {c}\nالعاصمة:",
-    "zh": "国家：{c}\n首都：",
-    "ja": "国：{c}\n首都：",
-}
+TEMPLATES = {**CAPITAL_TEMPLATES, "ja": "国：{c}\n首都："}  # the generation demo's prompts, and Japanese
 #: world-countries has no Japanese; these capitals are written by hand.
 JA_CAPITALS = {
     **{

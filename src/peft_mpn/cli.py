@@ -416,10 +416,16 @@ def _demo_generation(args: argparse.Namespace) -> int:
         name = args.model
     languages = [*args.train_languages, *args.heldout_languages]
     data = capital_counterfactuals(
-        "test", args.n_edits, languages, seed=args.seed, tokenizer=tokenizer, max_target_tokens=args.max_target_tokens
+        args.split,
+        args.n_edits,
+        languages,
+        seed=args.seed,
+        tokenizer=tokenizer,
+        max_target_tokens=args.max_target_tokens,
     )
     config = GenerationExperimentConfig(
         methods=args.methods,
+        n_examples=2,
         train_languages=args.train_languages,
         heldout_languages=args.heldout_languages,
         edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
@@ -694,6 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=3,
         help="generation: only edits whose English target has at most this many tokens",
+    )
+    p.add_argument(
+        "--split",
+        choices=["test", "validation"],
+        default="test",
+        help="generation: the countries edited (validation: for choosing settings)",
     )
     p.add_argument("--memory-size", type=int, default=1000)
     p.add_argument("--max-countries", type=int, default=None)
