@@ -355,6 +355,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_negatives=args.n_negatives,
         code_switch=args.code_switch,
         seed=args.seed,
+        split=args.split,
         edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
     )
     from .utils.locks import directory_lock
@@ -619,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience", type=int, default=None, help="plateau steps before an edit stops (default: EditConfig's, 20)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--split", choices=["test", "validation"], default="test", help="validation: tuning runs (no test country)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
     _describe(p, _DEMO_HELP)
