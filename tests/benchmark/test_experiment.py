@@ -52,6 +52,8 @@ def test_the_validation_split_never_touches_a_test_country():
     truth = {r.inputs["en"]: r.label for r in (EditRecord.from_dict(x) for x in to_edit_records(**common))}
     # claims the base (always 1) gets wrong keep their label; those it gets right are flipped to 0
     assert all(r.label == 0 or truth[r.inputs["en"]] == 1 for r in records)
+    pairs = [(r.meta["country"], r.meta["relation"]) for r in records]
+    assert len(pairs) == len(set(pairs))  # one edit per country and relation: the other claims stay neighbours
     assert unrelated and {split_of[r["country"]] for r in unrelated} == {"train"}
     texts = {t for texts in memory.values() for t in texts}
     assert texts and not texts & {r["text"] for r in unrelated}  # locality claims are kept out of the memory

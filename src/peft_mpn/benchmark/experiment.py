@@ -229,14 +229,22 @@ def _split_data(
     candidates = [EditRecord.from_dict(r) for r in candidates]
     candidates = [r for r in candidates if all(lang in r.inputs for lang in config.languages)]
     english = predict([r.inputs["en"] for r in candidates])
-    records = [r for r, p in zip(candidates, english) if p != r.label][: config.n_edits]
-    log(f"edit set: {len(records)} {config.split} claims the base gets wrong in English (of {len(candidates)})")
+    records = [r for r, p in zip(candidates, english) if p != r.label]
     pool = list(bench["train"])
     if config.split == "validation":
-        right = [r for r, p in zip(candidates, english) if p == r.label][: config.n_edits - len(records)]
-        if right:
-            log(f"... and {len(right)} it gets right, with the label flipped (counterfactual edits)")
-        records += [replace(r, label=1 - r.label) for r in right]
+        # One edit per country and relation, so that the other claims about it stay neighbours that must not move:
+        # the claim the base gets wrong, else one it gets right with the label flipped (a counterfactual edit).
+        pair = lambda r: (r.meta.get("country"), r.meta.get("relation"))  # noqa: E731
+        records = list({pair(r): r for r in reversed(records)}.values())[::-1]
+        taken = {pair(r) for r in records}
+        right = [r for r, p in zip(candidates, english) if p == r.label and pair(r) not in taken]
+        flipped = [replace(r, label=1 - r.label) for r in {pair(r): r for r in reversed(right)}.values()][::-1]
+        n_wrong = min(len(records), config.n_edits)
+        records = (records + flipped)[: config.n_edits]
+        log(f"edit set: {len(records)} validation claims ({n_wrong} the base gets wrong, the others flipped)")
+    else:
+        records = records[: config.n_edits]
+        log(f"edit set: {len(records)} {config.split} claims the base gets wrong in English (of {len(candidates)})")
         countries = list(dict.fromkeys(r["country"] for r in pool))
         apart = set(countries[: len(countries) // 4])  # locality countries, kept out of the memory
         unrelated = [r for r in pool if r["country"] in apart and r["lang"] in config.languages]
