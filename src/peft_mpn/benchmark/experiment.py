@@ -242,13 +242,13 @@ def _split_data(
         n_wrong = min(len(records), config.n_edits)
         records = (records + flipped)[: config.n_edits]
         log(f"edit set: {len(records)} validation claims ({n_wrong} the base gets wrong, the others flipped)")
-    else:
-        records = records[: config.n_edits]
-        log(f"edit set: {len(records)} {config.split} claims the base gets wrong in English (of {len(candidates)})")
         countries = list(dict.fromkeys(r["country"] for r in pool))
         apart = set(countries[: len(countries) // 4])  # locality countries, kept out of the memory
         unrelated = [r for r in pool if r["country"] in apart and r["lang"] in config.languages]
         pool = [r for r in pool if r["country"] not in apart]
+    else:
+        records = records[: config.n_edits]
+        log(f"edit set: {len(records)} {config.split} claims the base gets wrong in English (of {len(candidates)})")
     if not records:
         raise ValueError("the base classifier gets every English test claim right: nothing to edit.")
     # Memory: training claims, never evaluation items. (Validation claims, which the base never saw, gave worse
