@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .data.benchmark import DEMO
 
 
 EPILOG = """examples:
@@ -598,9 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--model", default=None, help=model_help)
-    p.add_argument("--relations", type=_csv, default=["capital", "continent"])
-    p.add_argument("--train-languages", type=_csv, default=["en", "fr", "de", "es"])
-    p.add_argument("--heldout-languages", type=_csv, default=["ru", "ar", "zh"])
+    p.add_argument("--relations", type=_csv, default=DEMO["relations"])
+    p.add_argument("--train-languages", type=_csv, default=DEMO["train_languages"])
+    p.add_argument("--heldout-languages", type=_csv, default=DEMO["heldout_languages"])
     p.add_argument("--methods", type=_csv, default=["tpatcher", "mpn", "ft", "lora"])
     p.add_argument("--n-edits", type=int, default=100)
     p.add_argument("--memory-size", type=int, default=1000)

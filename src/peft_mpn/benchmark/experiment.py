@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..data.benchmark import DEMO
 from ..data.records import EditRecord
 from ..editing import metrics
 from ..editing.baselines import BaselineConfig
@@ -80,9 +81,9 @@ class ExperimentConfig:
     """
 
     model: str | None = None
-    relations: list[str] = field(default_factory=lambda: ["capital", "continent"])
-    train_languages: list[str] = field(default_factory=lambda: ["en", "fr", "de", "es"])
-    heldout_languages: list[str] = field(default_factory=lambda: ["ru", "ar", "zh"])
+    relations: list[str] = field(default_factory=lambda: list(DEMO["relations"]))
+    train_languages: list[str] = field(default_factory=lambda: list(DEMO["train_languages"]))
+    heldout_languages: list[str] = field(default_factory=lambda: list(DEMO["heldout_languages"]))
     methods: list[str] = field(default_factory=lambda: ["tpatcher", "mpn", "ft", "lora"])
     n_edits: int = 100
     memory_size: int = 1000
@@ -118,6 +119,17 @@ class ExperimentConfig:
             raise ValueError(f"ExperimentConfig.n_negatives must be >= 0 (0: none), got {self.n_negatives}.")
         if not self.sharpness > 0:
             raise ValueError(f"ExperimentConfig.sharpness must be > 0 (1: plain FFN unit), got {self.sharpness}.")
+        from ..data.countries import RELATION_LANGUAGES
+
+        for relation in self.relations:
+            covered = RELATION_LANGUAGES.get(relation, self.languages)
+            missing = [lang for lang in self.languages if lang not in covered]
+            if missing:
+                raise ValueError(
+                    f"ExperimentConfig: relation {relation!r} has no claims in {missing} (it covers "
+                    f"{', '.join(covered)}); drop those languages (--train-languages/--heldout-languages) or use "
+                    "relations currency,language, which cover all 15 XNLI languages."
+                )
         if self.split not in ("test", "validation"):
             raise ValueError(f"ExperimentConfig.split must be 'test' or 'validation' (tuning), got {self.split!r}.")
         if isinstance(self.code_switch, str) or "en" in self.code_switch:
