@@ -199,11 +199,12 @@ def flip_labels(model: torch.nn.Module, tokenizer: Any, records: list[dict[str, 
 
 
 def default_classifier(log: Any = None) -> tuple[torch.nn.Module, Any, Any]:
-    """The demo's base classifier (e5-small + head trained on English claims, cached) and the demo's benchmark."""
+    """The first demo's base classifier (e5-small + head trained on English claims, cached) and its benchmark."""
     from peft_mpn.benchmark.experiment import ExperimentConfig, default_cache_dir, load_or_train_base
     from peft_mpn.data import build_benchmark
+    from peft_mpn.data.benchmark import CLASSIC_DEMO
 
-    config = ExperimentConfig()
+    config = ExperimentConfig(**CLASSIC_DEMO)
     bench = build_benchmark(languages=config.languages, relations=config.relations, seed=config.seed)
     model, tokenizer, _ = load_or_train_base(config, bench, default_cache_dir(), log or (lambda _msg: None))
     return model.eval(), tokenizer, config

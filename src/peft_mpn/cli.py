@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .data.benchmark import DEMO
 
 
 EPILOG = """examples:
@@ -342,8 +343,8 @@ GENERATION_DEFAULTS = {
     "n_edits": 6,
 }
 CLASSIFICATION_DEFAULTS = {
-    "train_languages": ["en", "fr", "de", "es"],
-    "heldout_languages": ["ru", "ar", "zh"],
+    "train_languages": list(DEMO["train_languages"]),
+    "heldout_languages": list(DEMO["heldout_languages"]),
     "n_edits": 100,
 }
 
@@ -374,6 +375,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_negatives=args.n_negatives,
         code_switch=args.code_switch,
         seed=args.seed,
+        split=args.split,
         edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
     )
     from .utils.locks import directory_lock
@@ -680,18 +682,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(the llm extra) or --model, a local causal LM directory",
     )
     p.add_argument("--model", default=None, help=model_help)
-    p.add_argument("--relations", type=_csv, default=["capital", "continent"])
+    p.add_argument("--relations", type=_csv, default=DEMO["relations"])
     p.add_argument(
         "--train-languages",
         type=_csv,
         default=None,
-        help="languages MPN trains each patch on (default: en,fr,de,es; generation: en,fr)",
+        help=f"languages MPN trains each patch on (default: {','.join(DEMO['train_languages'])}; generation: en,fr)",
     )
     p.add_argument(
         "--heldout-languages",
         type=_csv,
         default=None,
-        help="languages no patch sees, zero-shot GR (default: ru,ar,zh; generation: de,es,ru,ar,zh)",
+        help=f"languages no patch sees, zero-shot GR (default: {','.join(DEMO['heldout_languages'])}; generation: "
+        "de,es,ru,ar,zh)",
     )
     p.add_argument("--methods", type=_csv, default=["tpatcher", "mpn", "ft", "lora"])
     p.add_argument("--n-edits", type=int, default=None, help="edits per method (default: 100; generation: 6)")
@@ -724,6 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience", type=int, default=None, help="plateau steps before an edit stops (default: EditConfig's, 20)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--split", choices=["test", "validation"], default="test", help="validation: tuning runs (no test country)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
     _describe(p, _DEMO_HELP)
