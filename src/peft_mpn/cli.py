@@ -704,12 +704,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="generation: only edits whose English target has at most this many tokens",
     )
-    p.add_argument(
-        "--split",
-        choices=["test", "validation"],
-        default="test",
-        help="generation: the countries edited (validation: for choosing settings)",
-    )
     p.add_argument("--memory-size", type=int, default=1000)
     p.add_argument("--max-countries", type=int, default=None)
     p.add_argument("--base-train-layers", type=int, default=1)
@@ -728,7 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--split", choices=["test", "validation"], default="test", help="validation: tuning runs (no test country)"
+        "--split",
+        choices=["test", "validation"],
+        default="test",
+        help="validation: tuning runs (no test country; generation: edits of validation countries)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
