@@ -126,6 +126,15 @@ class _Probe:
             for lang in self.languages
             if lang in r["prompt"]
         ]
+        # Each prompt with every other language's spelling of the new target (" Taipei" for de " Taipeh"): a
+        # held-out language often moves to the new capital in another spelling, which the strict check misses.
+        self.spellings = [
+            (r["id"], lang, self.collator.encode(r["prompt"][lang], other, record_id=r["id"], lang=lang))
+            for r in data.records
+            for lang in self.languages
+            if lang in r["prompt"]
+            for other in dict.fromkeys(t for key, t in r["target"].items() if key != lang and t != r["target"][lang])
+        ]
         self.neighbours = [self.collator.text_ids(n["prompt"]) for n in data.neighbours]
         self.unrelated = [self.collator.text_ids(u["prompt"]) for u in data.unrelated]
         self.examples = [
@@ -155,8 +164,13 @@ class _Probe:
         for (rid, lang, enc), (ids, lp) in zip(self.edits, scored):
             right.setdefault(rid, {})[lang] = ids == enc.target_ids
             logprob.setdefault(rid, {})[lang] = lp
+        any_spelling = {rid: dict(flags) for rid, flags in right.items()}
+        spelled = teacher_forced_scores(model, [e for _, _, e in self.spellings], self.collator.pad_id)
+        for (rid, lang, enc), (ids, _) in zip(self.spellings, spelled):
+            any_spelling[rid][lang] = any_spelling[rid][lang] or ids == enc.target_ids
         out: dict[str, Any] = {
             "right": right,
+            "any_spelling": any_spelling,
             "logprob": logprob,
             "neighbours": self.next_tokens(model, self.neighbours) if self.neighbours else [],
             "unrelated": self.next_tokens(model, self.unrelated) if self.unrelated else [],
@@ -223,6 +237,15 @@ def method_metrics(
         locality=locality,
         neighbourhood=neighbourhood,
     )
+    any_spelling = metrics.generalization(
+        _per_language(before["any_spelling"], edited, config.languages),
+        _per_language(after["any_spelling"], edited, config.languages),
+        None,
+    )
+    summary["GR_any_spelling"] = any_spelling
+    for part, languages in (("train", config.train_languages), ("heldout", config.heldout_languages)):
+        values = [any_spelling[lang]["all"] for lang in languages if lang != "en" and lang in any_spelling]
+        summary[f"GR_any_spelling_mean_{part}"] = statistics.fmean(values) if values else float("nan")
     summary["locality_tokens"] = after.get("tokens")
     summary["target_logprob"] = {
         lang: {
@@ -248,6 +271,24 @@ def examples_table(
         cells += [after[label]["examples"].get(key, "").strip() for label in labels]
         rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", "⏎") for c in cells) + " |")
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]) + "\n"
+
+
+def any_spelling_table(results: Mapping[str, Any]) -> str:
+    """GR per language counting any language's spelling of the new target as right (``GR_any_spelling``)."""
+    from .report import HELDOUT_MARK
+
+    heldout = list(results.get("heldout_languages") or [])
+    languages = [*results.get("train_languages", []), *heldout]
+    header = ["Method", *(f"{lang}{HELDOUT_MARK if lang in heldout else ''}" for lang in languages)]
+    header += ["train", f"held-out{HELDOUT_MARK}"]
+    rows = []
+    for label, m in results["methods"].items():
+        gr = m.get("GR_any_spelling") or {}
+        cells = [gr.get(lang, {}).get("all") for lang in languages]
+        cells += [m.get("GR_any_spelling_mean_train"), m.get("GR_any_spelling_mean_heldout")]
+        rows.append([label, *("n/a" if v is None or v != v else f"{v:.3f}" for v in cells)])
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
 def run_generation_experiment(
@@ -362,7 +403,11 @@ def write_generation_report(results: Mapping[str, Any], data: GenerationData, ou
     before = {"examples": results["examples"]["original"]}
     after = {label: {"examples": results["examples"][label]} for label in labels}
     table = examples_table(data, before, after, labels)
-    paths = write_report(results, output_dir, sections=[("Greedy generations before and after the edits", table)])
+    sections = [
+        ("GR with any language's spelling of the new target", any_spelling_table(results)),
+        ("Greedy generations before and after the edits", table),
+    ]
+    paths = write_report(results, output_dir, sections=sections)
     paths["generations"] = Path(output_dir) / "generations.md"
     atomic_write_text(paths["generations"], "# Greedy generations before and after the edits\n\n" + table)
     return paths
@@ -385,17 +430,37 @@ UNRELATED_PROMPTS: list[tuple[str, str]] = [
     ("en", "Water boils at a temperature of"),
     ("en", "The author of Hamlet is"),
     ("en", "The weather is lovely today, so we"),
+    ("en", "My favourite colour is"),
     ("fr", "La plus grande planète du système solaire est"),
     ("fr", "Il fait beau aujourd'hui, alors nous"),
+    ("fr", "L'auteur des Misérables est"),
+    ("fr", "Le matin, je bois une tasse de"),
+    ("fr", "Ma couleur préférée est le"),
     ("de", "Der längste Fluss der Welt ist der"),
     ("de", "Der Hund schläft auf dem"),
+    ("de", "Der Autor von Faust ist"),
+    ("de", "Am Morgen trinke ich eine Tasse"),
+    ("de", "Meine Lieblingsfarbe ist"),
     ("es", "El océano más grande del mundo es el"),
     ("es", "Me gusta leer libros por la"),
+    ("es", "El autor de Don Quijote es"),
+    ("es", "Por la mañana bebo una taza de"),
+    ("es", "Mi color favorito es el"),
     ("ru", "Самая высокая гора в мире —"),
     ("ru", "Я люблю читать"),
+    ("ru", "Автор романа «Война и мир» —"),
+    ("ru", "Утром я пью чашку"),
+    ("ru", "Мой любимый цвет —"),
     ("ar", "أكبر محيط في العالم هو"),
+    ("ar", "في الصباح أشرب فنجان"),
+    ("ar", "لوني المفضل هو"),
+    ("ar", "أطول نهر في العالم هو"),
+    ("ar", "أحب أن أقرأ"),
     ("zh", "世界上最高的山是"),
     ("zh", "我喜欢在晚上"),
+    ("zh", "《红楼梦》的作者是"),
+    ("zh", "早上我喝一杯"),
+    ("zh", "我最喜欢的颜色是"),
 ]
 MEMORY_SENTENCES: list[tuple[str, str]] = [
     ("en", "The weather is lovely today, so we are going for a walk."),
