@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv,
         default=["auto"],
         help="languages of code-switched training examples (the English edit, its names in these languages, from "
-        "CLDR); 'auto': the first 6 of ja,ko,he,fa,ta,ka,hy,am,km,si not evaluated; 'none': no code-switching",
+        "CLDR); 'auto': the first 3 of ja,ko,fa,he,ta,ka,hy,am,km,si not evaluated; 'none': no code-switching",
     )
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")

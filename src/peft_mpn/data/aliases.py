@@ -24,19 +24,19 @@ CODE_SWITCH_SEPARATOR = ">"
 
 
 #: Languages whose CLDR names make good code-switched examples, most useful first: each writes in another script
-#: (Japanese kana and kanji, Hangul, Hebrew, the Perso-Arabic script, Tamil, Georgian, Armenian, Amharic's Ge'ez,
+#: (Japanese kana and kanji, Hangul, the Perso-Arabic script, Hebrew, Tamil, Georgian, Armenian, Amharic's Ge'ez,
 #: Khmer, Sinhala). See :func:`default_code_switch`.
-CODE_SWITCH_POOL: tuple[str, ...] = ("ja", "ko", "he", "fa", "ta", "ka", "hy", "am", "km", "si")
+CODE_SWITCH_POOL: tuple[str, ...] = ("ja", "ko", "fa", "he", "ta", "ka", "hy", "am", "km", "si")
 
 
-def default_code_switch(evaluated: Sequence[str] = (), n: int = 6) -> list[str]:
+def default_code_switch(evaluated: Sequence[str] = (), n: int = 3) -> list[str]:
     """The first ``n`` languages of :data:`CODE_SWITCH_POOL` that are not in ``evaluated``.
 
     Code-switching with a language that is also evaluated would put that language's names into training, so an
     experiment that reports held-out languages leaves them out.
 
     Example:
-        >>> default_code_switch(["en", "ko", "fa"], n=3)
+        >>> default_code_switch(["en", "ko", "fa"])
         ['ja', 'he', 'ta']
     """
     return [lang for lang in CODE_SWITCH_POOL if lang not in set(evaluated)][:n]
