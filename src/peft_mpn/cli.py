@@ -349,6 +349,15 @@ CLASSIFICATION_DEFAULTS = {
 }
 
 
+def _code_switch_option(value: list[str]) -> list[str] | None:
+    """``--code-switch``: ``auto`` -> None (the experiment's default), ``none`` -> [], else the list."""
+    if value in (["auto"], ["none"]):
+        return None if value == ["auto"] else []
+    if {"auto", "none"} & set(value):
+        raise ValueError(f"--code-switch takes 'auto', 'none' or language codes, not a mix: {','.join(value)}.")
+    return value
+
+
 def _demo(args: argparse.Namespace) -> int:
     defaults = GENERATION_DEFAULTS if args.task == "generation" else CLASSIFICATION_DEFAULTS
     for name, value in defaults.items():
@@ -373,7 +382,7 @@ def _demo(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         sharpness=args.sharpness,
         n_negatives=args.n_negatives,
-        code_switch=args.code_switch,
+        code_switch=_code_switch_option(args.code_switch),
         seed=args.seed,
         split=args.split,
         edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
@@ -712,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--code-switch",
         type=_csv,
-        default=[],
-        help="languages of code-switched training examples (English edit, names in these languages, from CLDR)",
+        default=["auto"],
+        help="languages of code-switched training examples (the English edit, its names in these languages, from "
+        "CLDR); 'auto': the first 3 of ja,ko,fa,he,ta,ka,hy,am,km,si not evaluated; 'none': no code-switching",
     )
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")

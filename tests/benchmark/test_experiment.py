@@ -80,6 +80,9 @@ def test_config_validates_and_keys_sharpness():
     with pytest.raises(ValueError, match="code_switch"):
         ExperimentConfig(code_switch=["en", "ja"])
     assert ExperimentConfig(code_switch=["ja"]).run_key() != a.run_key()
+    # by default, code-switching in the first script-diverse languages that are not evaluated; [] turns it off
+    assert a.code_switch == ["ja", "ko", "fa"]
+    assert ExperimentConfig(code_switch=[]).code_switch == []
     # the benchmark's countries, hence its split, depend on the languages: so does the cached base
     assert ExperimentConfig(heldout_languages=["ar"]).base_key() != a.base_key()
 

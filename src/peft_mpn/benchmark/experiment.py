@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..data.benchmark import DEMO
+from ..data.benchmark import DEMO, DEMO_CODE_SWITCH
 from ..data.records import EditRecord
 from ..editing import metrics
 from ..editing.baselines import BaselineConfig
@@ -64,9 +64,11 @@ class ExperimentConfig:
             negative tail leaks onto unrelated claims: see ``docs/benchmark.md``).
         code_switch: Languages of code-switched training examples for T-Patcher and MPN: the English edit (and its
             English hard negatives) with the country and value names written in each language, from CLDR names
-            (``peft_mpn.data.aliases.benchmark_alias_table``). Only names are used, never a claim's translation;
-            a code-switch language that is also evaluated is reported in ``setup.code_switch_evaluated`` (its names
-            then appear in evaluation texts). Empty: none.
+            (``peft_mpn.data.aliases.benchmark_alias_table``). Only names are used, never a claim's translation.
+            ``None`` (the default): the first ``DEMO_CODE_SWITCH`` languages of
+            ``peft_mpn.data.aliases.CODE_SWITCH_POOL`` that are not evaluated; ``[]``: none. A code-switch language
+            that is also evaluated is reported in ``setup.code_switch_evaluated`` (its names then appear in
+            evaluation texts).
         code_switch_memory: With ``code_switch``, code-switched copies of the memory's texts join the memory
             (``MPNEditor(code_switch_memory=...)``).
         seed: Seeds the benchmark, the base training and the edits.
@@ -93,7 +95,7 @@ class ExperimentConfig:
     pooling: str = "cls"
     sharpness: float = 10.0
     n_negatives: int = 3
-    code_switch: list[str] = field(default_factory=list)
+    code_switch: list[str] | None = None
     code_switch_memory: bool = True
     seed: int = 0
     split: str = "test"
@@ -132,6 +134,10 @@ class ExperimentConfig:
                 )
         if self.split not in ("test", "validation"):
             raise ValueError(f"ExperimentConfig.split must be 'test' or 'validation' (tuning), got {self.split!r}.")
+        if self.code_switch is None:
+            from ..data.aliases import default_code_switch
+
+            self.code_switch = default_code_switch(self.languages, n=DEMO_CODE_SWITCH)
         if isinstance(self.code_switch, str) or "en" in self.code_switch:
             raise ValueError(
                 f"ExperimentConfig.code_switch must be a list of non-English language codes, got {self.code_switch!r}."
@@ -457,7 +463,7 @@ def run_experiment(
         edit_config.position = "all"
         log("the base mean-pools: patches are read at every token (EditConfig.position='all')")
     aliases = None
-    if config.code_switch:
+    if config.code_switch and {"mpn", "tpatcher"} & set(config.methods):
         from ..data.aliases import benchmark_alias_table
 
         aliases = benchmark_alias_table(config.code_switch, config.languages, config.relations, config.seed)

@@ -57,6 +57,9 @@ DEMO: dict[str, list[str]] = {
     "train_languages": ["en", "ru", "hi", "el"],
     "heldout_languages": ["fr", "de", "es", "bg", "tr", "vi", "sw", "ur", "th", "ar", "zh"],
 }
+#: How many code-switch languages the demo uses by default (``peft_mpn.data.aliases.default_code_switch``): 3 met
+#: every target on the validation split, 6 cost twice the time and T-Patcher's neighbourhood (docs/benchmark.md).
+DEMO_CODE_SWITCH = 3
 #: The first demo's benchmark (capital and continent in 7 languages). The lifelong curve and the latency benchmarks
 #: keep its base classifier, so their figures stay comparable across releases.
 CLASSIC_DEMO: dict[str, list[str]] = {
