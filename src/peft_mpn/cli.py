@@ -339,7 +339,7 @@ def _report(args: argparse.Namespace) -> int:
 
 GENERATION_DEFAULTS = {
     "train_languages": ["en", "fr"],
-    "heldout_languages": ["de", "es", "ru", "ar", "zh"],
+    "heldout_languages": ["de", "es", "ru", "ar", "zh", "ja", "hi"],
     "n_edits": 6,
 }
 CLASSIFICATION_DEFAULTS = {
@@ -403,7 +403,7 @@ def _demo_generation(args: argparse.Namespace) -> int:
     """``demo --task generation``: T-Patcher, MPN, FT-L and LoRA on counterfactual capital edits of a causal LM."""
     import time
 
-    from .benchmark.generation import GenerationExperimentConfig, capital_counterfactuals, run_generation_experiment
+    from .benchmark.generation import GenerationExperimentConfig, counterfactual_data, run_generation_experiment
     from .benchmark.report import markdown_table
     from .editing.losses import EditConfig
     from .utils.locks import directory_lock
@@ -426,7 +426,7 @@ def _demo_generation(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         name = args.model
     languages = [*args.train_languages, *args.heldout_languages]
-    data = capital_counterfactuals(
+    data = counterfactual_data(
         args.split,
         args.n_edits,
         languages,
@@ -703,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv,
         default=None,
         help=f"languages no patch sees, zero-shot GR (default: {','.join(DEMO['heldout_languages'])}; generation: "
-        "de,es,ru,ar,zh)",
+        "de,es,ru,ar,zh,ja,hi)",
     )
     p.add_argument("--methods", type=_csv, default=["tpatcher", "mpn", "ft", "lora"])
     p.add_argument("--n-edits", type=int, default=None, help="edits per method (default: 100; generation: 6)")

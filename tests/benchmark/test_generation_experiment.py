@@ -8,12 +8,7 @@ import pytest
 import torch
 import transformers as tf
 
-from peft_mpn.benchmark.generation import (
-    CAPITAL_TEMPLATES,
-    GenerationExperimentConfig,
-    capital_counterfactuals,
-    run_generation_experiment,
-)
+from peft_mpn.benchmark.generation import GenerationExperimentConfig, counterfactual_data, run_generation_experiment
 from peft_mpn.cli import main
 from peft_mpn.editing.baselines import BaselineConfig
 from peft_mpn.editing.losses import EditConfig
@@ -27,7 +22,7 @@ def tiny_lm_dir(path, seed: int = 0):
     """A byte-level BPE tokenizer trained on the demo's texts and a tiny random LLaMA, saved as a model directory."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    data = capital_counterfactuals("test", 40, LANGS, n_neighbours=40)
+    data = counterfactual_data("test", 40, LANGS)
     texts = [m["text"] for m in data.memory] + [p for r in data.records for p in r["prompt"].values()]
     texts += [t for r in data.records for t in r["target"].values()] + [u["prompt"] for u in data.unrelated]
     tok = Tokenizer(models.BPE())
@@ -61,21 +56,23 @@ def tiny_lm(tmp_path_factory):
     return path, tf.AutoModelForCausalLM.from_pretrained(path).eval(), tf.AutoTokenizer.from_pretrained(path)
 
 
-def test_capital_counterfactuals_split_countries_and_targets():
-    test, validation = capital_counterfactuals("test", 5), capital_counterfactuals("validation", 5)
-    subjects = {r["meta"]["subject"] for r in test.records}
-    assert not subjects & {r["meta"]["subject"] for r in validation.records}  # disjoint country splits
-    assert set(test.records[0]["prompt"]) == set(CAPITAL_TEMPLATES)
+def test_counterfactual_data_splits_countries_and_keeps_probes_apart():
+    test, validation = counterfactual_data("test", 5), counterfactual_data("validation", 5)
+    subjects = {r["meta"]["country"] for r in test.records}
+    assert not subjects & {r["meta"]["country"] for r in validation.records}  # disjoint country splits
+    assert set(test.records[0]["prompt"]) == {"en", "fr", "de", "es", "ru", "ar", "zh", "ja", "hi"}
     for record in test.records:
         assert record["target"]["en"].startswith(" ") and not record["target"]["zh"].startswith(" ")
         assert record["target"]["en"].strip() != record["meta"]["old"]
-    memory_text = " ".join(m["text"] for m in test.memory)
-    assert not any(r["prompt"]["en"] in memory_text for r in test.records)  # edited subjects are not in the memory
-    assert not any(n["prompt"] in {r["prompt"]["en"] for r in test.records} for n in test.neighbours)
-    with pytest.raises(ValueError, match="memory split is never edited"):
-        capital_counterfactuals("memory", 2)
-    with pytest.raises(ValueError, match="these are not: \\['ja'\\]"):
-        capital_counterfactuals("test", 2, ["en", "ja"])
+    prompts = {p for r in test.records for p in r["prompt"].values()}
+    memory = " ".join(m["text"] for m in test.memory)
+    assert not any(p in memory for p in prompts)  # edited subjects are not in the memory (train countries)
+    assert test.neighbours and not any(n["prompt"] in prompts for n in test.neighbours)
+    assert {u["lang"] for u in test.unrelated} == set(test.records[0]["prompt"])
+    with pytest.raises(ValueError, match="train countries are the memory"):
+        counterfactual_data("train", 2)
+    with pytest.raises(ValueError, match="only"):
+        counterfactual_data("validation", 500)
 
 
 def test_batched_greedy_matches_greedy_generate(tiny_lm):
@@ -86,7 +83,7 @@ def test_batched_greedy_matches_greedy_generate(tiny_lm):
 
 def test_experiment_measures_final_models_against_the_original(tiny_lm, tmp_path):
     _, model, tokenizer = tiny_lm
-    data = capital_counterfactuals("test", 2, LANGS, n_neighbours=3)
+    data = counterfactual_data("test", 2, LANGS)
     fast = {"lr": 1e-2, "max_steps": 50, "norm_constraint": 5e-2}
     config = GenerationExperimentConfig(
         methods=["tpatcher", "mpn", "ft", "lora"],

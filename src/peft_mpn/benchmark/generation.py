@@ -413,18 +413,9 @@ def write_generation_report(results: Mapping[str, Any], data: GenerationData, ou
     return paths
 
 
-# ---------------------------------------------------------------------------------------------------- interim data
-#: Key-value prompts (the form Gemma 3 270M completes best), one per language of world-countries.
-CAPITAL_TEMPLATES: dict[str, str] = {
-    "en": "Country: {c}\nCapital:",
-    "fr": "Pays : {c}\nCapitale :",
-    "de": "Land: {c}\nHauptstadt:",
-    "es": "País: {c}\nCapital:",
-    "ru": "Страна: {c}\nСтолица:",
-    "ar": "الدولة: {c}\nالعاصمة:",
-    "zh": "国家：{c}\n首都：",
-}
-#: Unrelated prompts (other facts, several languages) whose next token must not change.
+# ---------------------------------------------------------------------------------------------------- the data
+#: More unrelated prompts (everyday sentences and other facts) whose next token must not change, added to
+#: `peft_mpn.data.counterfactual.unrelated_prompts`.
 UNRELATED_PROMPTS: list[tuple[str, str]] = [
     ("en", "The largest planet in the solar system is"),
     ("en", "Water boils at a temperature of"),
@@ -472,102 +463,88 @@ MEMORY_SENTENCES: list[tuple[str, str]] = [
     ("ar", "أحب قراءة الكتب في المساء."),
     ("zh", "我们明天早上去公园散步。"),
 ]
-SPLITS = ("memory", "validation", "test")
 
 
-def _answer(text: str, lang: str) -> str:
-    return text if lang in ("zh", "ja") else " " + text
-
-
-def capital_counterfactuals(
+def counterfactual_data(
     split: str = "test",
-    n_edits: int = 10,
-    languages: Sequence[str] = tuple(CAPITAL_TEMPLATES),
+    n_edits: int = 6,
+    languages: Sequence[str] | None = None,
     *,
-    n_neighbours: int = 10,
+    relations: Sequence[str] = ("capital",),
     seed: int = 0,
     max_target_tokens: int | None = None,
     tokenizer: Any = None,
 ) -> GenerationData:
-    """Counterfactual capital edits ("Country: France / Capital:" -> another country's capital) in up to 7 languages.
+    """The demo's data from the counterfactual benchmark (`peft_mpn.data.counterfactual`, world-countries + CLDR).
 
-    Interim data of the generation demo, from world-countries and CLDR (the ``demo`` extra): the countries with a
-    capital and a name in every language are shuffled with ``seed`` and split 40/20/40 into ``memory`` (their true
-    capital statements are the patches' memory), ``validation`` (for choosing settings) and ``test`` countries.
-    Edits and neighbours (other countries of the split, same relation) come from the first half of ``split``, the new
-    capitals from its second half (so no target is another edit's subject); the unrelated prompts are fixed
-    sentences in the same languages.
+    - **Edits**: the first ``n_edits`` records of ``split`` (one per country: its first relation of ``relations``),
+      ``"Country: France\nCapital:"`` → another country's capital in each language's spelling.
+    - **Memory**: the true facts of the *train* countries (prompt + true answer), tagged with their language, plus
+      a few everyday sentences; a method gets those in its training languages.
+    - **Neighbours**: each edit's neighbour facts (other countries of the probe split, same relation; the same country
+      in other relations where ``relations`` has them), in every language, never an edited prompt.
+    - **Unrelated**: the records' unrelated prompts, the benchmark's general-knowledge prompts and
+      :data:`UNRELATED_PROMPTS`, in the requested languages.
 
     Args:
-        split: ``"validation"`` or ``"test"``.
-        n_edits: Edits (the first countries of the split).
-        languages: Prompt languages, a subset of :data:`CAPITAL_TEMPLATES`.
-        n_neighbours: Countries of the split, not edited, whose capital prompts are neighbours.
-        seed: Seeds the country split and the new capitals.
-        max_target_tokens: With ``tokenizer``: keep only edits whose English target has at most this many tokens.
+        split: ``"validation"`` (for choosing settings) or ``"test"``.
+        n_edits: Edits.
+        languages: Prompt languages (default: the benchmark's 9, ``DEFAULT_LANGUAGES``).
+        relations: Relations (default: capital, the one Gemma 3 270M knows best).
+        seed: Seeds the benchmark (splits, new values, probes).
+        max_target_tokens: With ``tokenizer``: only edits whose English target has at most this many tokens.
         tokenizer: The model's tokenizer (for ``max_target_tokens``).
 
     Raises:
-        ValueError: An unknown split or language, or too few countries.
+        ValueError: An unknown split, language or relation, or fewer usable edits than ``n_edits``.
     """
-    import random
-
-    from ..data.countries import country_name, load_countries
+    from ..data.counterfactual import (
+        DEFAULT_LANGUAGES,
+        build_counterfactual_records,
+        one_per_country,
+        unrelated_prompts,
+    )
 
     if split not in ("validation", "test"):
-        raise ValueError(f"split must be 'validation' or 'test' (the memory split is never edited), not {split!r}.")
-    unknown = [lang for lang in languages if lang not in CAPITAL_TEMPLATES]
-    if unknown or "en" not in languages:
-        raise ValueError(
-            f"languages must include 'en' and be among {list(CAPITAL_TEMPLATES)}; these are not: {unknown}."
-        )
-    countries = [
-        c for c in load_countries(tuple(languages)) if "capital" in c.facts and all(c.names.get(x) for x in languages)
-    ]
-    countries.sort(key=lambda c: c.iso2)
-    random.Random(seed).shuffle(countries)
-    a, b = int(0.4 * len(countries)), int(0.6 * len(countries))
-    parts = dict(zip(SPLITS, (countries[:a], countries[a:b], countries[b:])))
-    pool = parts[split]
-
-    def prompt(country: Any, lang: str) -> str:
-        return CAPITAL_TEMPLATES[lang].format(c=country_name(country.iso2, lang))
-
-    def capital(country: Any, lang: str) -> str:
-        return _answer(country.facts["capital"].values[lang], lang)
-
-    # New capitals come from the far half of the split: countries that are neither edited nor neighbours, so an
-    # edit's target is never another edit's subject.
-    half = len(pool) // 2
-    records = []
-    for i, country in enumerate(pool[:half]):
-        new = pool[-1 - i]
-        if new.facts["capital"].key == country.facts["capital"].key:
-            continue
-        target = {lang: capital(new, lang) for lang in languages}
-        limited = max_target_tokens is not None and tokenizer is not None
-        if limited and len(tokenizer(target["en"], add_special_tokens=False)["input_ids"]) > max_target_tokens:
-            continue
-        records.append(
-            {
-                "id": f"{country.iso2}->{new.iso2}",
-                "prompt": {lang: prompt(country, lang) for lang in languages},
-                "target": target,
-                "meta": {"relation": "capital", "subject": country.iso2, "old": capital(country, "en").strip()},
-            }
-        )
-        if len(records) == n_edits:
-            break
-    if len(records) < n_edits:
-        raise ValueError(f"the {split} split has only {len(records)} usable edits; ask for fewer.")
-    edited = {r["meta"]["subject"] for r in records}
-    others = [c for c in pool[:half] if c.iso2 not in edited][:n_neighbours]
-    return GenerationData(
-        records=records,
-        memory=[
-            {"text": prompt(c, lang) + capital(c, lang), "lang": lang} for c in parts["memory"] for lang in languages
+        raise ValueError(f"split must be 'validation' or 'test' (train countries are the memory), not {split!r}.")
+    languages = list(languages or DEFAULT_LANGUAGES)
+    pool = one_per_country(build_counterfactual_records(languages, relations, seed, splits=[split]), relations)
+    if max_target_tokens is not None and tokenizer is not None:
+        pool = [
+            r
+            for r in pool
+            if len(tokenizer(r.target["en"], add_special_tokens=False)["input_ids"]) <= max_target_tokens
         ]
-        + [{"text": text, "lang": lang} for lang, text in MEMORY_SENTENCES if lang in languages],
-        neighbours=[{"prompt": prompt(c, lang), "lang": lang} for c in others for lang in languages],
-        unrelated=[{"prompt": text, "lang": lang} for lang, text in UNRELATED_PROMPTS if lang in languages],
+    chosen = pool[:n_edits]
+    if len(chosen) < n_edits:
+        raise ValueError(f"the {split} split has only {len(chosen)} usable edits; ask for fewer.")
+    edited = {r.prompt[lang] for r in chosen for lang in r.prompt}
+    train = build_counterfactual_records(languages, relations, seed, splits=["train"])
+    memory = [{"text": r.prompt[lang] + r.original[lang], "lang": lang} for r in train for lang in r.prompt]
+    memory += [{"text": text, "lang": lang} for lang, text in MEMORY_SENTENCES if lang in languages]
+    neighbours = list(
+        {
+            (n.prompt[lang], lang): None
+            for r in chosen
+            for n in r.neighbours
+            for lang in n.prompt
+            if n.prompt[lang] not in edited
+        }
+    )
+    unrelated = [(text, lang) for r in chosen for text, lang in zip(r.locality, r.meta.get("locality_languages", []))]
+    unrelated += [(text, lang) for lang, texts in unrelated_prompts(languages).items() for text in texts]
+    unrelated += [(text, lang) for lang, text in UNRELATED_PROMPTS if lang in languages]
+    return GenerationData(
+        records=[
+            {
+                "id": r.id,
+                "prompt": dict(r.prompt),
+                "target": dict(r.target),
+                "meta": {**r.meta, "old": r.original.get("en", "").strip()},
+            }
+            for r in chosen
+        ],
+        memory=memory,
+        neighbours=[{"prompt": text, "lang": lang} for text, lang in neighbours],
+        unrelated=[{"prompt": text, "lang": lang} for text, lang in dict.fromkeys(unrelated)],
     )
