@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers as tf
 
+from conftest import make_tiny_lm
 from peft_mpn.benchmark.generation import GenerationExperimentConfig, counterfactual_data, run_generation_experiment
 from peft_mpn.cli import main
 from peft_mpn.editing.baselines import BaselineConfig
@@ -19,7 +20,7 @@ LANGS = ["en", "fr", "de", "zh"]
 
 
 def tiny_lm_dir(path, seed: int = 0):
-    """A byte-level BPE tokenizer trained on the demo's texts and a tiny random LLaMA, saved as a model directory."""
+    """A byte-level BPE tokenizer trained on the demo's texts and a tiny random LLaMA (conftest's), saved together."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     data = counterfactual_data("test", 40, LANGS)
@@ -28,24 +29,11 @@ def tiny_lm_dir(path, seed: int = 0):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "</s>"]
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]  # the ids make_tiny_lm's config expects
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
     tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(seed)
-    config = tf.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        initializer_range=0.3,  # context-specific states, as a trained model's (see conftest.make_tiny_lm)
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    tf.LlamaForCausalLM(config).save_pretrained(path)
+    make_tiny_lm("llama", len(tokenizer), seed).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
