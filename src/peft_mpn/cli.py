@@ -439,7 +439,11 @@ def _demo_generation(args: argparse.Namespace) -> int:
         n_examples=2,
         train_languages=args.train_languages,
         heldout_languages=args.heldout_languages,
-        edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
+        edit=EditConfig(
+            seed=args.seed,
+            max_steps=args.max_steps,
+            **({} if args.patience is None else {"patience": args.patience}),
+        ),
         seed=args.seed,
     )
     log = (lambda _line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -712,6 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=3,
         help="generation: only edits whose English target has at most this many tokens",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        default=300,
+        help="generation: step cap of a patch edit (EditConfig.max_steps; bounds an edit that does not converge)",
     )
     p.add_argument("--memory-size", type=int, default=1000)
     p.add_argument("--max-countries", type=int, default=None)
