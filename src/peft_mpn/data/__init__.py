@@ -1,4 +1,5 @@
-"""Offline multilingual data: an XFEVER-like country-facts benchmark and loaders for XNLI / XFEVER.
+"""Offline multilingual data: an XFEVER-like country-facts benchmark, a counterfactual generation benchmark, and
+loaders for XNLI / XFEVER.
 
 The benchmark is built from real data shipped in Python packages (``world-countries`` and CLDR via ``babel``, both
 in the ``demo`` extra), so it needs no download. ``datasets`` is imported only by the functions that return datasets.
@@ -19,6 +20,15 @@ from .benchmark import (
     load_templates,
     to_edit_records,
     validate_record,
+)
+from .counterfactual import (
+    DEFAULT_LANGUAGES,
+    CounterfactualEditRecord,
+    build_counterfactual_records,
+    keep_known,
+    load_generation_templates,
+    one_per_country,
+    read_counterfactual_records,
 )
 from .countries import (
     RELATION_LANGUAGES,
@@ -52,6 +62,13 @@ __all__ = [
     "XNLI_HUB_NAME",
     "XNLI_LANGUAGES",
     "Claim",
+    "CounterfactualEditRecord",
+    "DEFAULT_LANGUAGES",
+    "build_counterfactual_records",
+    "keep_known",
+    "load_generation_templates",
+    "one_per_country",
+    "read_counterfactual_records",
     "Country",
     "Fact",
     "build_benchmark",

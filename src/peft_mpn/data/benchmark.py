@@ -363,6 +363,41 @@ def _split_sizes(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     return sizes
 
 
+def split_countries(
+    countries: Sequence[Country],
+    relations: Sequence[str],
+    seed: int,
+    fractions: Mapping[str, float],
+    max_countries: int | None = None,
+) -> dict[str, str]:
+    """Assign countries to splits: a seeded shuffle, cut by the fractions (largest remainder).
+
+    Args:
+        countries: The countries (their ``facts`` decide which are complete).
+        relations: With ``max_countries``, countries that have every one of these relations come first.
+        seed: Seed of the shuffle; the same seed gives the same splits.
+        fractions: ``{split: fraction}`` summing to 1 (see :func:`_normalise_fractions`).
+        max_countries: Keep only this many countries (None: all).
+
+    Returns:
+        ISO code -> split name, for the kept countries.
+    """
+    order = sorted(c.iso2 for c in countries)
+    random.Random(f"{seed}:split").shuffle(order)
+    if max_countries is not None:
+        by_iso = {c.iso2: c for c in countries}
+        full = [iso for iso in order if all(rel in by_iso[iso].facts for rel in relations)]
+        rest = [iso for iso in order if iso not in set(full)]
+        order = (full + rest)[: max(0, int(max_countries))]
+    split_of: dict[str, str] = {}
+    start = 0
+    for split, size in _split_sizes(len(order), fractions).items():
+        for iso in order[start : start + size]:
+            split_of[iso] = split
+        start += size
+    return split_of
+
+
 def _pick_false_key(
     country: Country, fact: Fact, pool: Sequence[tuple[Country, Fact]], langs: Sequence[str], seed: int
 ) -> str | None:
@@ -460,21 +495,7 @@ def build_claims(
 
     countries = [c for c in load_countries(languages) if any(rel in c.facts for rel in rel_langs)]
     pools = {rel: [(c, c.facts[rel]) for c in countries if rel in c.facts] for rel in rel_langs}
-
-    order = sorted(c.iso2 for c in countries)
-    random.Random(f"{seed}:split").shuffle(order)
-    if max_countries is not None:
-        by_iso = {c.iso2: c for c in countries}
-        full = [iso for iso in order if all(rel in by_iso[iso].facts for rel in rel_langs)]
-        rest = [iso for iso in order if iso not in set(full)]
-        order = (full + rest)[: max(0, int(max_countries))]
-    sizes = _split_sizes(len(order), fractions)
-    split_of: dict[str, str] = {}
-    start = 0
-    for split, size in sizes.items():
-        for iso in order[start : start + size]:
-            split_of[iso] = split
-        start += size
+    split_of = split_countries(countries, list(rel_langs), seed, fractions, max_countries)
 
     first_split = next(iter(fractions))
     train_pools = {rel: [f for c, f in pool if split_of.get(c.iso2) == first_split] for rel, pool in pools.items()}
