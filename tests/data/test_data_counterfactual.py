@@ -89,6 +89,9 @@ def test_splits_are_by_country_deterministic_and_follow_the_fractions(records, f
     assert [r.id for r in other_seed] != [r.id for r in records]
     only = build_counterfactual_records(max_countries=SMALL, splits=["validation"])
     assert only and {r.split for r in only} == {"validation"}
+    # A country's split does not depend on the relations asked for.
+    capitals = build_counterfactual_records(relations=["capital"])
+    assert capitals and all(r.split == split_of[r.country] for r in capitals)
 
 
 def test_neighbours_and_unrelated_prompts_come_from_another_split(full):

@@ -434,7 +434,12 @@ def build_counterfactual_records(
     spec = templates if templates is not None else load_generation_templates()
     relations = list(dict.fromkeys(relations))
     countries = counterfactual_countries(languages, relations, spec)
-    split_of = split_countries(countries, relations, seed, fractions, max_countries)
+    # Splits come from every relation the languages have templates for, so that they do not depend on `relations`:
+    # France is in the same split whether one asks for capitals only or for every relation.
+    all_relations = [r for r in RELATIONS if all(lang in spec["prompts"].get(r, {}) for lang in languages)]
+    everyone = counterfactual_countries(languages, all_relations, spec) if all_relations != relations else countries
+    split_of = split_countries(everyone, all_relations, seed, fractions, max_countries)
+    countries = [c for c in countries if c.iso2 in split_of]
     builder = _Builder(languages, spec, load_templates())
     pools = {rel: [(c, c.facts[rel]) for c in countries if rel in c.facts] for rel in relations}
     by_split: dict[str, list[Country]] = {}
