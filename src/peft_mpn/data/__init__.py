@@ -42,6 +42,7 @@ from .countries import (
 )
 from .hub import XFEVER_LANGUAGES, XNLI_HUB_NAME, load_xfever, load_xnli
 from .records import EditRecord, read_records, write_records
+from .zsre import MZSRE_LANGUAGES, load_bizsre, load_mzsre, load_zsre_parallel
 
 
 __all__ = [
@@ -75,7 +76,11 @@ __all__ = [
     "build_claims",
     "load_countries",
     "load_templates",
+    "load_bizsre",
+    "load_mzsre",
     "load_xfever",
+    "load_zsre_parallel",
+    "MZSRE_LANGUAGES",
     "load_xnli",
     "read_jsonl",
     "relation_languages",
