@@ -13,10 +13,8 @@ median probability of the whole answer. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import _common  # noqa: E402
 import torch  # noqa: E402
 
 from peft_mpn.data.counterfactual import (  # noqa: E402
@@ -130,12 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    report = run(args)
-    text = json.dumps(report, ensure_ascii=False, indent=1)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    print(text, file=sys.stdout)
+    _common.emit_json(run(args), args.out)
 
 
 if __name__ == "__main__":
