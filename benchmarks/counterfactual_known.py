@@ -51,6 +51,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def answer_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: list[list[int]]) -> list[torch.Tensor]:
+    """Next-token logits at the given positions of each row only: the LM head (262k words) is most of the cost, so
+    it runs on the answer positions rather than on every position."""
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    out = []
+    for row, positions in enumerate(rows):
+        logits = model.lm_head(hidden[row, positions]).float()
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        out.append(logits)
+    return out
+
+
 def score(model: Any, encoded: Sequence[EncodedEdit], pad_id: int, batch_size: int) -> list[dict[str, Any]]:
     """Per encoded answer: all tokens argmax (greedy), first token argmax, and the answer's probability."""
     out = []
@@ -58,17 +72,16 @@ def score(model: Any, encoded: Sequence[EncodedEdit], pad_id: int, batch_size: i
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             ids, mask = pad_right([e.ids for e in chunk], pad_id)
-            logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-            for row, enc in enumerate(chunk):
-                positions = torch.tensor(enc.target_positions)
+            logits = answer_logits(model, ids, mask, [e.target_positions for e in chunk])
+            for enc, rows in zip(chunk, logits):
                 targets = torch.tensor(enc.target_ids)
-                rows = logprobs[row, positions]
+                logprobs = torch.log_softmax(rows, dim=-1)
                 argmax = rows.argmax(-1)
                 out.append(
                     {
                         "greedy": bool((argmax == targets).all()),
                         "first": bool(argmax[0] == targets[0]),
-                        "prob": float(rows.gather(1, targets[:, None]).sum().exp()),
+                        "prob": float(logprobs.gather(1, targets[:, None]).sum().exp()),
                     }
                 )
     return out
