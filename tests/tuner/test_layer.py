@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peft_mpn.tuner import layer as layer_module
 from peft_mpn.tuner.layer import (
     MPNLayer,
     PatchBank,
@@ -187,3 +188,123 @@ def test_aligned_blocks_are_padded_with_silent_units(fuse, monkeypatch):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(RuntimeError, match="expected 32"):
         value(hidden[:, :19])
+
+
+# ---------------------------------------------------------------------- sparse inference (MPNLayer.SPARSE)
+def sparse_pair(
+    kind: str = "linear", neurons: int = 48, silent: int = 32, seed: int = 0
+) -> tuple[MPNLayer, MPNLayer, torch.Tensor]:
+    """Key and value wrappers (4 -> 16 -> 4) with ``neurons`` frozen one-neuron patches; ``silent`` never fire.
+
+    Returns the two layers and the indices of the patches that can fire (bias 0 instead of -100).
+    """
+    torch.manual_seed(seed)
+    if kind == "conv1d":
+        key = MPNLayer(Conv1D(16, 4), "key", "block", "default", sharpness=10.0, gated=False)
+        value = MPNLayer(Conv1D(4, 16), "value", "block", "default", sharpness=10.0, gated=False)
+    else:
+        key = MPNLayer(nn.Linear(4, 16, bias=kind == "linear"), "key", "block", "default", sharpness=10.0, gated=False)
+        value = MPNLayer(nn.Linear(16, 4), "value", "block", "default", sharpness=10.0, gated=False)
+    order = torch.randperm(neurons)
+    bias = torch.zeros(neurons)
+    bias[order[:silent]] = -100.0
+    key.bank("default").add(torch.randn(neurons, 4), bias, requires_grad=False)
+    value.bank("default").add(torch.randn(neurons, 4), None, requires_grad=False)
+    key.bank("default").freeze()
+    value.bank("default").freeze()
+    return key.eval(), value.eval(), order[silent:].sort().values
+
+
+def test_sparse_forward_keeps_only_firing_units_and_equals_the_dense_one(monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, firing = sparse_pair()
+    x = torch.randn(2, 50, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = ffn(key, value, x)
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        probe = ffn(key, value, x)  # first pass: the activation is probed, the result is the dense one
+        assert key.__dict__["_sparse_state"] == {"silent_below": -6.0}  # GELU is exactly 0 from -6 on
+        hidden = key(x)
+        plan = layer_module._plans()["block"]
+        sparse = value(torch.nn.functional.gelu(hidden))
+    assert torch.equal(probe, dense)
+    assert hidden.shape == (2, 50, 16 + 16)  # 16 base units, the 16 firing patch units, no padding needed
+    assert torch.equal(plan.index, firing) and "block" not in layer_module._plans()  # consumed
+    torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear-nobias", "conv1d"])
+def test_sparse_forward_pads_and_matches_on_every_layer_kind(kind, monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, firing = sparse_pair(kind, neurons=40, silent=37)
+    x = torch.randn(100, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = ffn(key, value, x)
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        ffn(key, value, x)
+        hidden = key(x)
+        sparse = value(torch.nn.functional.gelu(hidden))
+    assert hidden.shape == (100, 32) and torch.equal(hidden[:, 19:], torch.zeros(100, 13))  # 3 kept, 13 padding
+    torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("act", "silent_below"),
+    [(torch.relu, 0.0), (torch.nn.functional.silu, -104.0), (torch.tanh, None), (lambda h: h * 0.5, None)],
+)
+def test_probe_finds_where_the_activation_is_exactly_silent(act, silent_below, monkeypatch):
+    """ReLU is 0 below 0, SiLU only from -104; tanh and a scaling never are: the block stays dense, exactly."""
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, _ = sparse_pair()
+    x = torch.randn(80, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = value(act(key(x)))
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        outputs = [value(act(key(x))) for _ in range(2)]
+    found = key.__dict__["_sparse_state"]["silent_below"]
+    if silent_below is None:
+        assert found != found  # NaN: never silent, so never sparse
+        assert all(torch.equal(out, dense) for out in outputs)
+    else:
+        assert found == silent_below
+        torch.testing.assert_close(outputs[1], dense, atol=1e-6, rtol=1e-6)
+
+
+def test_no_sparse_path_when_gated_unknown_training_grad_or_few_units(monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    x = torch.randn(80, 4)
+    for change in ("gated", "unknown", "training", "grad", "few"):
+        key, value, _ = sparse_pair()
+        if change == "gated":
+            key.gated = True
+        elif change == "unknown":
+            key.gated = None
+        elif change == "training":
+            key.train()
+        elif change == "few":
+            monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 49)
+        key.bank("default").frozen_weight.requires_grad_(change == "grad")
+        with torch.set_grad_enabled(change == "grad"):
+            for _ in range(2):
+                hidden = key(x)
+                assert hidden.shape == (80, 64), change  # 16 + 48 units: dense
+                value(torch.nn.functional.gelu(hidden))
+        assert "_sparse_state" not in key.__dict__, change
+        monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+
+
+def test_sparse_plan_is_checked_and_never_reused(monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, _ = sparse_pair()
+    x = torch.randn(80, 4)
+    with torch.no_grad():
+        ffn(key, value, x)  # probe pass
+        key(x)  # a plan that no value layer consumes ...
+        hidden = key(x[:70])  # ... is dropped by the next pass of the key layer
+        assert layer_module._plans()["block"].rows == (70,)
+        value.bank("default").add(torch.randn(1, 4), None, requires_grad=False)  # no longer matches its key layer
+        with pytest.raises(RuntimeError, match="other patches than its key layer"):
+            value(torch.nn.functional.gelu(hidden))
