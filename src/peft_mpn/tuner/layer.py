@@ -284,7 +284,21 @@ class PatchBank(nn.Module):
 # (see ``MPNLayer._sparse_key``): the activation counts as silent below the largest probe from which it returns exactly
 # 0 at that probe and every lower one. GELU (exact and tanh forms) is 0 from -6 on, ReLU everywhere below 0, SiLU only
 # from -104 on (its tail is ``z * sigmoid(z)``, 4e-8 at -20).
-SILENCE_PROBES: tuple[float, ...] = (0.0, -1.0, -2.0, -4.0, -6.0, -8.0, -12.0, -16.0, -24.0, -32.0, -64.0, -104.0, -1e4)
+SILENCE_PROBES: tuple[float, ...] = (
+    0.0,
+    -1.0,
+    -2.0,
+    -4.0,
+    -6.0,
+    -8.0,
+    -12.0,
+    -16.0,
+    -24.0,
+    -32.0,
+    -64.0,
+    -104.0,
+    -1e4,
+)
 
 _HANDOFF = threading.local()  # per thread: block name -> the _SparsePlan its key layer made in this forward pass
 
