@@ -16,7 +16,8 @@ edited ones do: ``--firing 0.05`` makes 5% of the units fire (each at 1/64 of th
 silent on this batch by a margin of 1-5 (their largest pre-activation lies in [-5, -1]), with keys of norm
 ``--key-norm`` (6: the median of 1,000 T-Patcher edits of the stream benchmark, where a batch of 32 unrelated texts
 made 0.4-7% of the units fire, and a batch of 32 edited texts ~20%). ``--dense`` counts once more with
-``MPNLayer.SPARSE = False`` (every patch unit through both products).
+``MPNLayer.SPARSE = False`` (every patch unit through both products), ``--fp32-screen`` with
+``MPNLayer.SCREEN = "fp32"`` (the screen a CPU without native bfloat16 units runs).
 
     python benchmarks/inference_overhead.py --model default                      # e5-small, 32 x 64 tokens
     python benchmarks/inference_overhead.py --patches 0,1000,10000 --firing random,0.05,0.2 --dense 10000
@@ -37,6 +38,7 @@ import torch
 from peft import get_peft_model
 
 from peft_mpn import MPNConfig, MPNLayer
+from peft_mpn.tuner import layer as layer_module
 
 
 def build_patched(
@@ -146,9 +148,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dense_labels = [label for label in labels if label.split("@")[0] in {str(n) for n in args.dense}]
     for label in dense_labels:
         models[f"dense_{label}"] = models[f"patches_{label}"]  # the same model, timed with MPNLayer.SPARSE off
+    fp32_labels = [label for label in labels if label.split("@")[0] in {str(n) for n in args.fp32_screen}]
+    for label in fp32_labels:
+        models[f"fp32screen_{label}"] = models[f"patches_{label}"]  # timed with MPNLayer.SCREEN = "fp32"
 
     names = list(models)
     times: dict[str, list[float]] = {name: [] for name in names}
+    screen = MPNLayer.SCREEN
     with torch.inference_mode():
         for model in models.values():  # warm-up: allocator, caches of consolidated weights
             model(input_ids=input_ids, attention_mask=attention_mask)
@@ -157,12 +163,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in names[shift:] + names[:shift]:
                 MPNLayer.FUSE = not name.startswith("separate_")
                 MPNLayer.SPARSE = not name.startswith("dense_")
+                MPNLayer.SCREEN = "fp32" if name.startswith("fp32screen_") else screen
                 try:
                     start = time.perf_counter()
                     models[name](input_ids=input_ids, attention_mask=attention_mask)
                     times[name].append(time.perf_counter() - start)
                 finally:
                     MPNLayer.FUSE = MPNLayer.SPARSE = True
+                    MPNLayer.SCREEN = screen
 
     base_median = statistics.median(times["base"])
     base_macs = count_macs(base, args.tokens)
@@ -183,6 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "merged_ratio_vs_base": {},
         "separate_ratio_vs_base": {},
         "dense_ratio_vs_base": {},
+        "fp32_screen_ratio_vs_base": {},
         "ideal_ratio": {},
         "sparse_state": {label: sparse_state(models[f"patches_{label}"]) for label in labels},
         "patch_build_s": build_seconds,
@@ -199,6 +208,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["ideal_ratio"][str(n)] = round(1 + n * (d_in + d_out) * args.tokens / base_macs, 4)
     for label in dense_labels:
         out["dense_ratio_vs_base"][label] = paired(f"dense_{label}")
+    for label in fp32_labels:
+        out["fp32_screen_ratio_vs_base"][label] = paired(f"fp32screen_{label}")
     for n in args.merged:
         out["merged_ratio_vs_base"][str(n)] = paired(f"merged_{n}")
     for n in args.separate:
@@ -209,6 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n, limit in targets.items()
         if n in out["ratio_vs_base"]
     }
+    out["bf16_screen"] = MPNLayer.SCREEN == "bf16" or (MPNLayer.SCREEN == "auto" and layer_module._native_bf16())
     out["peak_rss_mb"] = round(_common.peak_rss_mb(), 1)
     return out
 
@@ -253,6 +265,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--key-norm", type=float, default=6.0, help="key norm of the firing-share patches")
     parser.add_argument(
         "--dense", type=_common.int_list, default=[], help="patch counts also timed with MPNLayer.SPARSE off"
+    )
+    parser.add_argument(
+        "--fp32-screen",
+        type=_common.int_list,
+        default=[],
+        help="patch counts also timed with MPNLayer.SCREEN='fp32' (what a CPU without native bf16 runs)",
     )
     parser.add_argument("--rounds", type=_common.positive_int, default=20, help="timed forward passes per model")
     return parser.parse_args(argv)

@@ -215,8 +215,10 @@ def sparse_pair(
     return key.eval(), value.eval(), order[silent:].sort().values
 
 
-def test_sparse_forward_keeps_only_firing_units_and_equals_the_dense_one(monkeypatch):
+@pytest.mark.parametrize("screen", ["fp32", "bf16"])
+def test_sparse_forward_keeps_only_firing_units_and_equals_the_dense_one(screen, monkeypatch):
     monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    monkeypatch.setattr(MPNLayer, "SCREEN", screen)
     key, value, firing = sparse_pair()
     x = torch.randn(2, 50, 4)
     with torch.no_grad():
@@ -226,6 +228,7 @@ def test_sparse_forward_keeps_only_firing_units_and_equals_the_dense_one(monkeyp
         probe = ffn(key, value, x)  # first pass: the activation is probed, the result is the dense one
         assert key.__dict__["_sparse_state"] == {"silent_below": -6.0}  # GELU is exactly 0 from -6 on
         hidden = key(x)
+        assert key.__dict__["_sparse_state"]["kept"] == 16
         plan = layer_module._plans()["block"]
         sparse = value(torch.nn.functional.gelu(hidden))
     assert torch.equal(probe, dense)
@@ -234,9 +237,11 @@ def test_sparse_forward_keeps_only_firing_units_and_equals_the_dense_one(monkeyp
     torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("screen", ["fp32", "bf16"])
 @pytest.mark.parametrize("kind", ["linear", "linear-nobias", "conv1d"])
-def test_sparse_forward_pads_and_matches_on_every_layer_kind(kind, monkeypatch):
+def test_sparse_forward_pads_and_matches_on_every_layer_kind(kind, screen, monkeypatch):
     monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    monkeypatch.setattr(MPNLayer, "SCREEN", screen)
     key, value, firing = sparse_pair(kind, neurons=40, silent=37)
     x = torch.randn(100, 4)
     with torch.no_grad():
@@ -308,3 +313,62 @@ def test_sparse_plan_is_checked_and_never_reused(monkeypatch):
         value.bank("default").add(torch.randn(1, 4), None, requires_grad=False)  # no longer matches its key layer
         with pytest.raises(RuntimeError, match="other patches than its key layer"):
             value(torch.nn.functional.gelu(hidden))
+
+
+def test_bf16_screen_never_drops_a_unit_that_fires():
+    """Units whose largest pre-activation sits within +-0.5 of the threshold (of ~40 for |x| |k|): every one that
+    exceeds it in float32 is kept by the bfloat16 screen, and the screen still drops the clearly silent ones."""
+    torch.manual_seed(0)
+    key = MPNLayer(nn.Linear(64, 16), "key", "block", "default", sharpness=10.0, gated=False).eval()
+    n = 3000
+    weight = torch.randn(n, 64) * 0.5
+    x = torch.randn(2, 100, 64)
+    top = (x.reshape(-1, 64) @ weight.T).amax(dim=0)
+    offset = torch.empty(n).uniform_(-0.5, 0.5)
+    offset[:1000] = -2.0 - torch.rand(1000)  # clearly silent: at least 2 (effective 20) below the threshold
+    bias = -top - 0.6 + offset  # natural scale; the threshold is -0.6 (effective -6)
+    key.bank("default").add(weight, bias, requires_grad=False)
+    key.bank("default").freeze()
+    with torch.no_grad():
+        fused, fused_bias = key._fused_weights([key.bank("default")], x)
+    patch_bias = fused_bias[16 : 16 + n]
+    exact = (x.reshape(-1, 64) @ fused[16 : 16 + n].T + patch_bias).amax(dim=0) > -6.0
+    MPNLayer.SCREEN = "bf16"
+    try:
+        kept = key._screen(x, fused, patch_bias, -6.0)
+    finally:
+        MPNLayer.SCREEN = "auto"
+    kept_mask = torch.zeros(n, dtype=torch.bool)
+    kept_mask[kept] = True
+    assert exact.sum() > 500 and not (exact & ~kept_mask).any()  # nothing that fires is dropped
+    assert not kept_mask[:1000].any()  # and the screen is selective
+
+
+def test_dense_product_when_most_units_fire(monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, _ = sparse_pair(silent=0)  # every unit can fire
+    x = torch.randn(80, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = ffn(key, value, x)
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        outputs = [ffn(key, value, x) for _ in range(3)]  # probe, a screen that keeps too much, a dense pass
+    state = key.__dict__["_sparse_state"]
+    assert state["kept"] > 24 and state["dense_passes"] == 30
+    assert all(torch.equal(out, dense) for out in outputs)
+
+
+def test_sparse_key_with_a_value_layer_that_cannot_fuse(monkeypatch):
+    """A hook on the value projection (as accelerate's offloading adds) stops its fused weight, not the plan."""
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, _ = sparse_pair()
+    x = torch.randn(80, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = ffn(key, value, x)
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        value.base_layer.register_forward_hook(lambda _module, _args, out: out)
+        outputs = [ffn(key, value, x) for _ in range(2)]
+    assert key.__dict__["_sparse_state"]["silent_below"] == -6.0 and key.__dict__["_sparse_state"]["kept"] == 16
+    for out in outputs:
+        torch.testing.assert_close(out, dense, atol=1e-6, rtol=1e-6)

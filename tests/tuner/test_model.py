@@ -454,7 +454,7 @@ def test_sparse_inference_equals_dense_and_leaves_merge_and_save_unchanged(arch,
     if arch in ("llama", "qwen2"):
         assert state is None  # gated: the dense path
     else:
-        assert state == {"silent_below": -6.0}  # GELU (exact or tanh form) is exactly 0 from -6 on
+        assert state == {"silent_below": -6.0, "kept": 16}  # GELU (exact or tanh form) is 0 from -6 on
     assert torch.equal(outputs[0], dense)
     torch.testing.assert_close(outputs[1], dense, atol=1e-5, rtol=1e-5)
     with model.disable_adapter():
