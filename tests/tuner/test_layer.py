@@ -315,9 +315,10 @@ def test_sparse_plan_is_checked_and_never_reused(monkeypatch):
             value(torch.nn.functional.gelu(hidden))
 
 
-def test_bf16_screen_never_drops_a_unit_that_fires():
+@pytest.mark.parametrize("screen", ["fp32", "bf16"])
+def test_screen_never_drops_a_unit_that_fires(screen):
     """Units whose largest pre-activation sits within +-0.5 of the threshold (of ~40 for |x| |k|): every one that
-    exceeds it in float32 is kept by the bfloat16 screen, and the screen still drops the clearly silent ones."""
+    exceeds it in float32 is kept by the screen, and the screen still drops the clearly silent ones."""
     torch.manual_seed(0)
     key = MPNLayer(nn.Linear(64, 16), "key", "block", "default", sharpness=10.0, gated=False).eval()
     n = 3000
@@ -333,7 +334,7 @@ def test_bf16_screen_never_drops_a_unit_that_fires():
         fused, fused_bias = key._fused_weights([key.bank("default")], x)
     patch_bias = fused_bias[16 : 16 + n]
     exact = (x.reshape(-1, 64) @ fused[16 : 16 + n].T + patch_bias).amax(dim=0) > -6.0
-    MPNLayer.SCREEN = "bf16"
+    MPNLayer.SCREEN = screen
     try:
         kept = key._screen(x, fused, patch_bias, -6.0)
     finally:

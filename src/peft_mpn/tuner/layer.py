@@ -599,39 +599,49 @@ class MPNLayer(nn.Module, BaseTunerLayer):
 
         Never leaves out a unit whose pre-activation exceeds ``silent``; may keep some that do not (they are then
         computed exactly and add what they add in the dense product). ``SCREEN="fp32"`` computes every
-        pre-activation in float32, as the dense product does. ``"bf16"`` (``"auto"`` on a CPU with native bf16
-        matrix units, AMX or AVX512-BF16) multiplies in bfloat16, ~3x cheaper, and keeps a unit when its largest
-        product plus an upper bound of the rounding error reaches ``silent``: for rows ``x`` and ``k`` rounded to
-        ``x'`` and ``k'``, ``|x.k - x'.k'| <= |x| |k - k'| + |x - x'| |k'| + 2**-7 |x'| |k'|``, where the last term
-        covers the bf16 rounding of the product (2**-9) and its float32 accumulation with a wide margin.
+        pre-activation in float32, as the dense product does, and keeps a unit when its largest one plus
+        ``2**-12 |x| |k|`` reaches ``silent`` (two float32 products of other shapes differ by far less:
+        ``2 * 384 * 2**-24 |x| |k|`` at 384 inputs). ``"bf16"`` (``"auto"`` on a CPU with native bf16 matrix units,
+        AMX or AVX512-BF16) multiplies in bfloat16, ~3x cheaper, and keeps a unit when its largest product plus an
+        upper bound of the rounding error reaches ``silent``: for rows ``x`` and ``k`` rounded to ``x'`` and ``k'``,
+        ``|x.k - x'.k'| <= |x| |k - k'| + |x - x'| |k'| + 2**-7 |x'| |k'|``, where the last term covers the bf16
+        rounding of the product (2**-9) and its float32 accumulation with a wide margin. Both multiply in blocks
+        of :attr:`SCREEN_BLOCK` keys, so that each block's products stay in cache for the maximum.
         """
         rows = x.reshape(-1, x.shape[-1])
         base = self.out_features
         weight = fused[base : base + bias.shape[0]]
-        if self._screen_dtype(x) != torch.bfloat16:
-            return (F.linear(rows, weight, bias).amax(dim=0) > silent).nonzero().squeeze(1)
+        if rows.shape[0] == 0:
+            return bias.new_zeros(0, dtype=torch.long)
         cached = self.__dict__.get("_screen_cache")
         if cached is None or cached[0]() is not fused:
             with torch.inference_mode(False), torch.no_grad():
                 low = weight.to(torch.bfloat16)
-                error = (weight - low.float()).norm(dim=1)
-                norm = low.float().norm(dim=1)
-            cached = (weakref.ref(fused), low, error, norm)
+                cached = (
+                    weakref.ref(fused),
+                    low,
+                    (weight - low.float()).norm(dim=1),
+                    low.float().norm(dim=1),
+                    weight.norm(dim=1),
+                )
             self.__dict__["_screen_cache"] = cached
-        _, low, error, norm = cached
+        _, low, error, low_norm, norm = cached
+        x_norm = rows.norm(dim=1).max()
+        if self._screen_dtype(x) != torch.bfloat16:
+            biggest = self._blockwise_max(weight, rows)
+            return (biggest + bias + 2.0**-12 * x_norm * norm > silent).nonzero().squeeze(1)
         rows_low = rows.to(torch.bfloat16)
-        if rows.shape[0]:  # in blocks of keys, so that each block's products stay in cache for the maximum
-            columns = rows_low.T.contiguous()
-            step = self.SCREEN_BLOCK
-            biggest = torch.cat([(low[i : i + step] @ columns).amax(dim=1) for i in range(0, low.shape[0], step)])
-            biggest = biggest.float()
-        else:
-            biggest = bias.new_full(bias.shape, -math.inf)
-        x_norm = rows.norm(dim=1).max() if rows.shape[0] else 0.0
-        x_error = (rows - rows_low.float()).norm(dim=1).max() if rows.shape[0] else 0.0
-        x_low_norm = rows_low.float().norm(dim=1).max() if rows.shape[0] else 0.0
-        bound = biggest + bias + x_norm * error + (x_error + 2.0**-7 * x_low_norm) * norm
+        biggest = self._blockwise_max(low, rows_low).float()
+        x_error = (rows - rows_low.float()).norm(dim=1).max()
+        x_low_norm = rows_low.float().norm(dim=1).max()
+        bound = biggest + bias + x_norm * error + (x_error + 2.0**-7 * x_low_norm) * low_norm
         return (bound > silent).nonzero().squeeze(1)
+
+    def _blockwise_max(self, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``(rows @ weight.T).amax(dim=0)``, in blocks of :attr:`SCREEN_BLOCK` rows of ``weight``."""
+        columns = rows.T.contiguous()
+        step = self.SCREEN_BLOCK
+        return torch.cat([(weight[i : i + step] @ columns).amax(dim=1) for i in range(0, weight.shape[0], step)])
 
     def _screen_dtype(self, x: torch.Tensor) -> torch.dtype:
         if self.SCREEN == "fp32" or x.dtype != torch.float32:
