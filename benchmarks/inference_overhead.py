@@ -193,9 +193,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dense_ratio_vs_base": {},
         "fp32_screen_ratio_vs_base": {},
         "ideal_ratio": {},
-        "sparse_state": {label: sparse_state(models[f"patches_{label}"]) for label in labels},
+        "sparse_state": {},
+        "fp32_screen_state": {},
         "patch_build_s": build_seconds,
     }
+
+    with torch.inference_mode():  # one more pass per screen, to read what each kept
+        for label in labels:
+            for key, name in (("sparse_state", screen), ("fp32_screen_state", "fp32")):
+                if key == "fp32_screen_state" and label not in fp32_labels:
+                    continue
+                MPNLayer.SCREEN = name
+                try:
+                    models[f"patches_{label}"](input_ids=input_ids, attention_mask=attention_mask)
+                finally:
+                    MPNLayer.SCREEN = screen
+                out[key][label] = sparse_state(models[f"patches_{label}"])
 
     def paired(name: str) -> float:  # median of the per-round ratios: drift between rounds cancels
         return round(statistics.median(t / b for t, b in zip(times[name], times["base"])), 4)
