@@ -7,6 +7,7 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "src/peft_mpn/utils/version.py").read_text()).group(1)
 

@@ -31,6 +31,7 @@ from peft_mpn.data.counterfactual import (  # noqa: E402
     build_counterfactual_records,
     keep_known,
     language_counts,
+    load_generation_templates,
     one_per_country,
 )
 from peft_mpn.data.countries import RELATIONS  # noqa: E402
@@ -47,6 +48,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--templates", help="a generation_templates.json to use instead of the packaged one")
     parser.add_argument("--out", help="also write the JSON report here")
     return parser.parse_args(argv)
 
@@ -89,7 +91,10 @@ def score(model: Any, encoded: Sequence[EncodedEdit], pad_id: int, batch_size: i
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    records = build_counterfactual_records(args.languages, args.relations, seed=args.seed, splits=args.splits)
+    templates = load_generation_templates(args.templates) if args.templates else None
+    records = build_counterfactual_records(
+        args.languages, args.relations, seed=args.seed, splits=args.splits, templates=templates
+    )
     start = time.perf_counter()
     model, tokenizer = load_causal_lm(dtype=args.dtype)
     load_seconds = time.perf_counter() - start

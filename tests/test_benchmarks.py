@@ -54,11 +54,19 @@ def test_edit_latency_rejects_bad_arguments(monkeypatch, capsys):
 
 def test_inference_overhead_smoke(monkeypatch):
     bench = load("inference_overhead", monkeypatch)
-    argv = "--model tiny --batch 2 --tokens 8 --patches 0,10 --merged 10 --separate 10 --rounds 2"
+    from peft_mpn import MPNLayer
+
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 8)  # the sparse path runs at this size too
+    argv = (
+        "--model tiny --batch 8 --tokens 8 --patches 0,10 --merged 10 --separate 10 --rounds 3 --firing random,0.5 "
+        "--dense 10 --fp32-screen 10"
+    )
     args = bench.parse_args(argv.split())
     report = bench.run(args)
-    assert set(report["ratio_vs_base"]) == {"0", "10"} and set(report["merged_ratio_vs_base"]) == {"10"}
+    assert set(report["ratio_vs_base"]) == {"0", "10", "10@0.5"} and set(report["merged_ratio_vs_base"]) == {"10"}
     assert set(report["separate_ratio_vs_base"]) == {"10"}
+    assert set(report["dense_ratio_vs_base"]) == set(report["fp32_screen_ratio_vs_base"]) == {"10", "10@0.5"}
+    assert report["sparse_state"]["10@0.5"]["silent_below"] == -6.0
     assert report["ideal_ratio"]["0"] == 1.0 and report["ideal_ratio"]["10"] > 1.0
     assert all(len(v) for v in report["latency"].values())
 

@@ -17,6 +17,7 @@ from peft_mpn.data.counterfactual import (
     fact_texts,
     keep_known,
     language_counts,
+    load_generation_templates,
     one_per_country,
     prompt_languages,
     read_counterfactual_records,
@@ -210,3 +211,13 @@ def test_gemma_tokenizer_reads_every_target_as_new_words(full):
                 assert first.startswith("▁") == (lang not in ("zh", "ja")), (rec.id, lang, first)
                 lengths[len(joint) - len(body) > 1] += 1
     assert lengths[True] > 0  # some answers are several tokens
+
+
+def test_capitalize_option_and_custom_templates():
+    spec = {**load_generation_templates(), "capitalize": ["fr"]}
+    rec = next(
+        r for r in build_counterfactual_records(["en", "fr"], ["currency"], templates=spec) if r.country == "FR"
+    )
+    assert rec.original["fr"] == " Euro" and rec.target["fr"][1].isupper()
+    plain = next(r for r in build_counterfactual_records(["en", "fr"], ["currency"]) if r.country == "FR")
+    assert plain.original["fr"] == " euro"  # CLDR's case by default

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peft_mpn.tuner import layer as layer_module
 from peft_mpn.tuner.layer import (
     MPNLayer,
     PatchBank,
@@ -187,3 +188,188 @@ def test_aligned_blocks_are_padded_with_silent_units(fuse, monkeypatch):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(RuntimeError, match="expected 32"):
         value(hidden[:, :19])
+
+
+# ---------------------------------------------------------------------- sparse inference (MPNLayer.SPARSE)
+def sparse_pair(
+    kind: str = "linear", neurons: int = 48, silent: int = 32, seed: int = 0
+) -> tuple[MPNLayer, MPNLayer, torch.Tensor]:
+    """Key and value wrappers (4 -> 16 -> 4) with ``neurons`` frozen one-neuron patches; ``silent`` never fire.
+
+    Returns the two layers and the indices of the patches that can fire (bias 0 instead of -100).
+    """
+    torch.manual_seed(seed)
+    if kind == "conv1d":
+        key = MPNLayer(Conv1D(16, 4), "key", "block", "default", sharpness=10.0, gated=False)
+        value = MPNLayer(Conv1D(4, 16), "value", "block", "default", sharpness=10.0, gated=False)
+    else:
+        key = MPNLayer(nn.Linear(4, 16, bias=kind == "linear"), "key", "block", "default", sharpness=10.0, gated=False)
+        value = MPNLayer(nn.Linear(16, 4), "value", "block", "default", sharpness=10.0, gated=False)
+    order = torch.randperm(neurons)
+    bias = torch.zeros(neurons)
+    bias[order[:silent]] = -100.0
+    key.bank("default").add(torch.randn(neurons, 4), bias, requires_grad=False)
+    value.bank("default").add(torch.randn(neurons, 4), None, requires_grad=False)
+    key.bank("default").freeze()
+    value.bank("default").freeze()
+    return key.eval(), value.eval(), order[silent:].sort().values
+
+
+@pytest.mark.parametrize("screen", ["fp32", "bf16"])
+def test_sparse_forward_keeps_only_firing_units_and_equals_the_dense_one(screen, monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    monkeypatch.setattr(MPNLayer, "SCREEN", screen)
+    key, value, firing = sparse_pair()
+    x = torch.randn(2, 50, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = ffn(key, value, x)
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        probe = ffn(key, value, x)  # first pass: the activation is probed, the result is the dense one
+        assert key.__dict__["_sparse_state"] == {"silent_below": -6.0}  # GELU is exactly 0 from -6 on
+        hidden = key(x)
+        assert key.__dict__["_sparse_state"]["kept"] == 16
+        plan = layer_module._plans()["block"]
+        sparse = value(torch.nn.functional.gelu(hidden))
+    assert torch.equal(probe, dense)
+    assert hidden.shape == (2, 50, 16 + 16)  # 16 base units, the 16 firing patch units, no padding needed
+    assert torch.equal(plan.index, firing) and "block" not in layer_module._plans()  # consumed
+    torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("screen", ["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["linear", "linear-nobias", "conv1d"])
+def test_sparse_forward_pads_and_matches_on_every_layer_kind(kind, screen, monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    monkeypatch.setattr(MPNLayer, "SCREEN", screen)
+    key, value, firing = sparse_pair(kind, neurons=40, silent=37)
+    x = torch.randn(100, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = ffn(key, value, x)
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        ffn(key, value, x)
+        hidden = key(x)
+        sparse = value(torch.nn.functional.gelu(hidden))
+    assert hidden.shape == (100, 32) and torch.equal(hidden[:, 19:], torch.zeros(100, 13))  # 3 kept, 13 padding
+    torch.testing.assert_close(sparse, dense, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("act", "silent_below"),
+    [(torch.relu, 0.0), (torch.nn.functional.silu, -104.0), (torch.tanh, None), (lambda h: h * 0.5, None)],
+)
+def test_probe_finds_where_the_activation_is_exactly_silent(act, silent_below, monkeypatch):
+    """ReLU is 0 below 0, SiLU only from -104; tanh and a scaling never are: the block stays dense, exactly."""
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, _ = sparse_pair()
+    x = torch.randn(80, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = value(act(key(x)))
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        outputs = [value(act(key(x))) for _ in range(2)]
+    found = key.__dict__["_sparse_state"]["silent_below"]
+    if silent_below is None:
+        assert found != found  # NaN: never silent, so never sparse
+        assert all(torch.equal(out, dense) for out in outputs)
+    else:
+        assert found == silent_below
+        torch.testing.assert_close(outputs[1], dense, atol=1e-6, rtol=1e-6)
+
+
+def test_no_sparse_path_when_gated_unknown_training_grad_or_few_units(monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    x = torch.randn(80, 4)
+    for change in ("gated", "unknown", "training", "grad", "few"):
+        key, value, _ = sparse_pair()
+        if change == "gated":
+            key.gated = True
+        elif change == "unknown":
+            key.gated = None
+        elif change == "training":
+            key.train()
+        elif change == "few":
+            monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 49)
+        key.bank("default").frozen_weight.requires_grad_(change == "grad")
+        with torch.set_grad_enabled(change == "grad"):
+            for _ in range(2):
+                hidden = key(x)
+                assert hidden.shape == (80, 64), change  # 16 + 48 units: dense
+                value(torch.nn.functional.gelu(hidden))
+        assert "_sparse_state" not in key.__dict__, change
+        monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+
+
+def test_sparse_plan_is_checked_and_never_reused(monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, _ = sparse_pair()
+    x = torch.randn(80, 4)
+    with torch.no_grad():
+        ffn(key, value, x)  # probe pass
+        key(x)  # a plan that no value layer consumes ...
+        hidden = key(x[:70])  # ... is dropped by the next pass of the key layer
+        assert layer_module._plans()["block"].rows == (70,)
+        value.bank("default").add(torch.randn(1, 4), None, requires_grad=False)  # no longer matches its key layer
+        with pytest.raises(RuntimeError, match="other patches than its key layer"):
+            value(torch.nn.functional.gelu(hidden))
+
+
+@pytest.mark.parametrize("screen", ["fp32", "bf16"])
+def test_screen_never_drops_a_unit_that_fires(screen):
+    """Units whose largest pre-activation sits within +-0.5 of the threshold (of ~40 for |x| |k|): every one that
+    exceeds it in float32 is kept by the screen, and the screen still drops the clearly silent ones."""
+    torch.manual_seed(0)
+    key = MPNLayer(nn.Linear(64, 16), "key", "block", "default", sharpness=10.0, gated=False).eval()
+    n = 3000
+    weight = torch.randn(n, 64) * 0.5
+    x = torch.randn(2, 100, 64)
+    top = (x.reshape(-1, 64) @ weight.T).amax(dim=0)
+    offset = torch.empty(n).uniform_(-0.5, 0.5)
+    offset[:1000] = -2.0 - torch.rand(1000)  # clearly silent: at least 2 (effective 20) below the threshold
+    bias = -top - 0.6 + offset  # natural scale; the threshold is -0.6 (effective -6)
+    key.bank("default").add(weight, bias, requires_grad=False)
+    key.bank("default").freeze()
+    with torch.no_grad():
+        fused, fused_bias = key._fused_weights([key.bank("default")], x)
+    patch_bias = fused_bias[16 : 16 + n]
+    exact = (x.reshape(-1, 64) @ fused[16 : 16 + n].T + patch_bias).amax(dim=0) > -6.0
+    MPNLayer.SCREEN = screen
+    try:
+        kept = key._screen(x, fused, patch_bias, -6.0)
+    finally:
+        MPNLayer.SCREEN = "auto"
+    kept_mask = torch.zeros(n, dtype=torch.bool)
+    kept_mask[kept] = True
+    assert exact.sum() > 500 and not (exact & ~kept_mask).any()  # nothing that fires is dropped
+    assert not kept_mask[:1000].any()  # and the screen is selective
+
+
+def test_dense_product_when_most_units_fire(monkeypatch):
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, _ = sparse_pair(silent=0)  # every unit can fire
+    x = torch.randn(80, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = ffn(key, value, x)
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        outputs = [ffn(key, value, x) for _ in range(3)]  # probe, a screen that keeps too much, a dense pass
+    state = key.__dict__["_sparse_state"]
+    assert state["kept"] > 24 and state["dense_passes"] == 30
+    assert all(torch.equal(out, dense) for out in outputs)
+
+
+def test_sparse_key_with_a_value_layer_that_cannot_fuse(monkeypatch):
+    """A hook on the value projection (as accelerate's offloading adds) stops its fused weight, not the plan."""
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 16)
+    key, value, _ = sparse_pair()
+    x = torch.randn(80, 4)
+    with torch.no_grad():
+        monkeypatch.setattr(MPNLayer, "SPARSE", False)
+        dense = ffn(key, value, x)
+        monkeypatch.setattr(MPNLayer, "SPARSE", True)
+        value.base_layer.register_forward_hook(lambda _module, _args, out: out)
+        outputs = [ffn(key, value, x) for _ in range(2)]
+    assert key.__dict__["_sparse_state"]["silent_below"] == -6.0 and key.__dict__["_sparse_state"]["kept"] == 16
+    for out in outputs:
+        torch.testing.assert_close(out, dense, atol=1e-6, rtol=1e-6)

@@ -429,3 +429,42 @@ def test_patch_blocks_follow_changes_of_the_module_tree():
     assert list(model.base_model.patch_blocks("default")) == ["bert.encoder.layer.0"]
     model.base_model.add_patch(adapter_name="other")
     assert model.base_model.num_patches("other") == 1 and model.base_model.num_patches("default") == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sparse_inference_equals_dense_and_leaves_merge_and_save_unchanged(arch, tmp_path, monkeypatch):
+    """Many frozen patches, most of them silent on the batch: the sparse path (non-gated blocks) gives the dense
+    logits; merging, unmerging, saving and loading are unchanged by it."""
+    monkeypatch.setattr(MPNLayer, "SPARSE_MIN_NEURONS", 32)
+    model = patched(arch).eval()
+    parts = next(iter(model.patch_blocks().values()))
+    d_in, d_out = parts["key"].in_features, parts["value"].out_features
+    generator = torch.Generator().manual_seed(0)
+    for i in range(64):
+        key = torch.randn(d_in, generator=generator) / d_in**0.5
+        value = torch.randn(d_out, generator=generator)
+        model.add_patch(key=key, bias=-100.0 if i % 4 else 0.5, value=value)  # 16 can fire, 48 never do
+    model.freeze_patches()
+    ids = torch.randint(3, 100, (8, 12), generator=generator)  # 96 token rows: the fused weights apply
+    monkeypatch.setattr(MPNLayer, "SPARSE", False)
+    dense = model_output(model, ids)
+    monkeypatch.setattr(MPNLayer, "SPARSE", True)
+    outputs = [model_output(model, ids) for _ in range(2)]  # a probe pass, then the sparse one
+    state = parts["key"].__dict__.get("_sparse_state")
+    if arch in ("llama", "qwen2"):
+        assert state is None  # gated: the dense path
+    else:
+        assert state == {"silent_below": -6.0, "kept": 16}  # GELU (exact or tanh form) is 0 from -6 on
+    assert torch.equal(outputs[0], dense)
+    torch.testing.assert_close(outputs[1], dense, atol=1e-5, rtol=1e-5)
+    with model.disable_adapter():
+        assert not torch.allclose(model_output(model, ids), dense, atol=1e-3)  # the firing patches matter
+
+    model.merge_adapter()
+    torch.testing.assert_close(model_output(model, ids), dense, atol=1e-5, rtol=1e-5)
+    model.unmerge_adapter()
+    torch.testing.assert_close(model_output(model, ids), outputs[1], atol=0, rtol=0)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(make_tiny(arch), tmp_path).eval()
+    for _ in range(2):
+        torch.testing.assert_close(model_output(loaded, ids), dense, atol=1e-5, rtol=1e-5)

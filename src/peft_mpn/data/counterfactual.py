@@ -85,7 +85,8 @@ def load_generation_templates(path: str | os.PathLike[str] | None = None) -> dic
 
     Returns:
         ``{"prompts": {relation: {lang: template}}, "no_space": [lang, ...], "capitals": {lang: {iso2: name}},
-        "unrelated": {lang: [prompt, ...]}}``.
+        "unrelated": {lang: [prompt, ...]}}``, optionally ``"capitalize": [lang, ...]`` (languages whose answers
+        get an upper-case first letter, as in a form: ``"Monnaie : Euro"``; none in the packaged file).
     """
     if path is None:
         return _default_generation_templates()
@@ -329,9 +330,14 @@ class _Builder:
         return {lang: prompts[lang].format(country=self.name(country, lang)) for lang in self.languages}
 
     def answers(self, fact: Fact) -> dict[str, str]:
-        return {
-            lang: answer_text(self.renderer.clean(fact.values[lang], lang), lang, self.spec) for lang in self.languages
-        }
+        capitalize = set(self.spec.get("capitalize", ()))  # off in the packaged templates (see docs/causal-lm.md)
+        out = {}
+        for lang in self.languages:
+            value = self.renderer.clean(fact.values[lang], lang)
+            if lang in capitalize:
+                value = value[:1].upper() + value[1:]
+            out[lang] = answer_text(value, lang, self.spec)
+        return out
 
     def rephrases(self, country: Country, relation: str) -> dict[str, list[str]]:
         """Sentence prompts from the claim templates whose value ends the sentence."""

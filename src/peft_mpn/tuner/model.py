@@ -328,7 +328,14 @@ class MPNModel(BaseTuner):
             target.update_layer(adapter_name, sizes=sizes, num_frozen=num_frozen, sharpness=peft_config.sharpness)
             return
         new_module = MPNLayer(
-            target, role, block, adapter_name, sizes=sizes, num_frozen=num_frozen, sharpness=peft_config.sharpness
+            target,
+            role,
+            block,
+            adapter_name,
+            sizes=sizes,
+            num_frozen=num_frozen,
+            sharpness=peft_config.sharpness,
+            gated=bool(peft_config.up_modules),
         )
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
