@@ -18,9 +18,11 @@ countries, then training countries, ordered round-robin over countries so that a
 is labelled with the truth when the base classifier gets it wrong and with the flipped label otherwise
 (counterfactual edits: the benchmark has fewer wrong claims than edits). The memory holds claims about training
 countries that no edit touches; locality uses validation countries. ``split="validation"`` is the tuning run: edits
-about validation countries, locality on claims about training countries kept out of the memory; the test split is
-not touched. Every evaluation reads the [CLS] FFN input of the edited layer, cached once from the original model
-(below that layer every method leaves the model unchanged), and is checked against full forward passes.
+about validation countries (then, for streams longer than the 200 validation claims, about a second quarter of the
+training countries, which then leave the memory), locality on claims about a quarter of the training countries kept
+out of the memory; the test split is not touched. Every evaluation reads the [CLS] FFN input of the edited layer,
+cached once from the original model (below that layer every method leaves the model unchanged), and is checked
+against full forward passes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +161,7 @@ class LifelongData:
     neighbours: list[list[tuple[int | None, list[str]]]]  # per record and neighbour: where it is edited, its texts
     neighbour_labels: list[list[int]]
     available: int  # records the benchmark could supply for this split
+    locality_meta: list[dict[str, str]] = field(default_factory=list)  # per locality text: relation, value, country
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -198,8 +202,13 @@ def build_data(
         locality_rows = [r for r in everything if r["meta"]["split"] == "validation"]
     else:
         candidates = _round_robin([r for r in everything if r["meta"]["split"] == "validation"])
-        held_apart = train_countries[: len(train_countries) // 4]  # locality countries, out of the memory
-        memory_pool = [r for r in train if r["meta"]["country"] not in held_apart]
+        quarter = len(train_countries) // 4
+        held_apart = train_countries[:quarter]  # locality countries, out of the memory
+        # a stream longer than the validation claims goes on with the second quarter of the training countries,
+        # which then leave the memory (as the test stream's training countries do); shorter streams keep them in it
+        extension = train_countries[quarter : 2 * quarter] if need > len(candidates) else []
+        candidates += _round_robin([r for r in train if r["meta"]["country"] in extension])
+        memory_pool = [r for r in train if r["meta"]["country"] not in held_apart + extension]
         locality_rows = [r for r in train if r["meta"]["country"] in held_apart]
     available = len(candidates)
     if need > available:
@@ -232,6 +241,11 @@ def build_data(
         "multi": [t for lang, t in sampled if lang in config.train_languages][: config.memory_size],
     }
     locality = [r["inputs"][lang] for r in locality_rows for lang in config.languages]
+    locality_meta = [
+        {k: r["meta"][k] for k in ("relation", "value_key", "country")} | {"language": lang}
+        for r in locality_rows
+        for lang in config.languages
+    ]
     position = {r.inputs["en"]: i for i, r in enumerate(records)}
     neighbours, neighbour_labels = [], []
     for record in records:
@@ -247,7 +261,7 @@ def build_data(
             ]
         )
         neighbour_labels.append([n["label"] for n in kept])
-    return LifelongData(records, memory, locality, neighbours, neighbour_labels, available)
+    return LifelongData(records, memory, locality, neighbours, neighbour_labels, available, locality_meta)
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -364,19 +378,64 @@ def _inference_ratio(model: torch.nn.Module, base: torch.nn.Module, batch: dict[
     return statistics.median(ratios)
 
 
-def _patch_diagnostics(editor: MPNEditor, reads: torch.Tensor) -> dict[str, Any] | None:
-    """For patch methods: how many locality inputs some patch fires on (pre-activation > 0), and how many at once."""
+def _patch_diagnostics(
+    editor: MPNEditor,
+    reads: torch.Tensor,
+    data: LifelongData,
+    flipped: Sequence[bool],
+) -> dict[str, Any] | None:
+    """For patch methods: which patches fire (pre-activation > 0) on the locality inputs, and on which.
+
+    Besides the counts (inputs some patch fires on, most patches on one input), the false fires are described by
+    the strongest patch on each input: its pre-activation (quantiles over the inputs it fires on, and over the
+    flipped ones), and whether the edit that patch fixes shares the input's relation, value and language (the
+    memory holds claims of every relation, so shared relation is the baseline; shared *value* points at what
+    ``value_negatives`` target).
+    """
     if editor.method not in ("mpn", "tpatcher"):
         return None
     blocks = editor.model.patch_blocks()
-    key = next(iter(blocks.values()))["key"].bank(editor.strategy.adapter_name)
+    bank = next(iter(blocks.values()))["key"].bank(editor.strategy.adapter_name)
     with torch.no_grad():
-        pre = reads @ key.weight().T + key.bias()
+        pre = reads @ bank.weight().T + bank.bias()
     firing = (pre > 0).sum(1)
-    return {
+    out: dict[str, Any] = {
         "inputs_with_a_firing_patch": int((firing > 0).sum()),
         "max_patches_firing_on_one_input": int(firing.max()) if firing.numel() else 0,
     }
+    if not pre.numel() or not data.locality_meta:
+        return out
+    # the record each neuron belongs to (one patch per edit, in stream order; sizes give neurons per patch)
+    owner = torch.arange(bank.num_patches).repeat_interleave(bank.sizes.cpu())
+    top, neuron = pre.max(1)
+    fired = (top > 0).nonzero().flatten().tolist()
+    flips = [i for i in fired if flipped[i]]
+    out["flipped_without_a_firing_patch"] = sum(bool(f) for f in flipped) - len(flips)
+
+    def describe(indices: list[int]) -> dict[str, Any]:
+        if not indices:
+            return {"n": 0}
+        values = top[indices]
+        shared = {"relation": 0, "value": 0}
+        for i in indices:
+            record = data.records[int(owner[neuron[i]])]
+            meta = data.locality_meta[i]
+            shared["relation"] += record.meta.get("relation") == meta["relation"]
+            shared["value"] += (
+                record.meta.get("relation") == meta["relation"] and record.meta.get("value_key") == meta["value_key"]
+            )
+        return {
+            "n": len(indices),
+            "pre_activation_quantiles": [round(float(q), 3) for q in values.quantile(torch.tensor([0.25, 0.5, 0.75]))],
+            "share_same_relation": shared["relation"] / len(indices),
+            "share_same_relation_and_value": shared["value"] / len(indices),
+            "languages": dict(sorted(Counter(data.locality_meta[i]["language"] for i in indices).items())),
+            "patches_involved": len({int(owner[neuron[i]]) for i in indices}),
+        }
+
+    out["false_fires"] = describe(fired)
+    out["flipped_fires"] = describe(flips)
+    return out
 
 
 @torch.no_grad()
@@ -400,7 +459,7 @@ def _threshold_sweep(
     saved = bank.frozen_bias.clone()
     out = {}
     try:
-        for delta in (0.5, 1.0, 2.0):
+        for delta in (0.1, 0.25, 0.5, 1.0, 2.0):
             bank.frozen_bias.copy_(saved - delta)
             after = cache.predict(editor.suffix, data.locality)
             er = cache.predict(editor.suffix, [r.inputs["en"] for r in records])
@@ -501,10 +560,10 @@ def method_rows(
         row["mean_steps"] = statistics.fmean(r.steps for r in results[-len(segment) :]) if segment else 0.0
         editor.model.eval()
         row["inference_ratio"] = _inference_ratio(editor.model, base, timing, config.timing_rounds)
-        diagnostics = _patch_diagnostics(editor, cache.reads[[cache.index[t] for t in data.locality]])
+        flips = [a != b for a, b in zip(after, original["locality"])]
+        diagnostics = _patch_diagnostics(editor, cache.reads[[cache.index[t] for t in data.locality]], data, flips)
         if diagnostics is not None:
-            flipped = sum(a != b for a, b in zip(after, original["locality"]))
-            row["locality_flipped"] = flipped
+            row["locality_flipped"] = sum(flips)
             row.update(diagnostics)
             row["memory_texts"] = editor.memory_size  # every earlier edit joined the memory of later ones
             row["threshold_sweep"] = _threshold_sweep(config, editor, cache, data, records, original)
