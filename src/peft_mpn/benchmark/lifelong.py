@@ -435,6 +435,19 @@ def _patch_diagnostics(
 
     out["false_fires"] = describe(fired)
     out["flipped_fires"] = describe(flips)
+    hubs = Counter(int(owner[neuron[i]]) for i in fired).most_common(5)  # the patches with most false fires
+    out["top_firing_patches"] = [
+        {
+            "stream_index": index,
+            "fires": fires,
+            "flips": sum(int(owner[neuron[i]]) == index for i in flips),
+            "relation": data.records[index].meta.get("relation"),
+            "value": data.records[index].meta.get("value_key"),
+            "claim_is_true": data.records[index].meta.get("value_key") == data.records[index].meta.get("true_key"),
+            "label": data.records[index].label,
+        }
+        for index, fires in hubs
+    ]
     return out
 
 
