@@ -162,6 +162,7 @@ def _lifelong(args: argparse.Namespace) -> int:
             split=args.split,
             memory_size=args.memory,
             value_negatives=args.value_negatives,
+            subject_negatives=args.subject_negatives,
             model=args.model,
             max_countries=args.max_countries,
             timing_rounds=args.timing_rounds,
@@ -600,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="extra negatives per edit: same relation and value, other countries",
+    )
+    p.add_argument(
+        "--subject-negatives",
+        type=int,
+        default=0,
+        help="extra negatives per edit: the edit's relation and value rendered about memory countries",
     )
     p.add_argument("--output", default=None, help="directory for lifelong.json and lifelong.md")
     p.add_argument("--plot", default=None, help="write the curve as a PNG")

@@ -37,3 +37,27 @@ def test_locality_meta_describes_every_locality_text():
     assert len(data.locality_meta) == len(data.locality) > 0
     assert {m["language"] for m in data.locality_meta} == set(LifelongConfig().languages)
     assert all(m["relation"] in LifelongConfig().relations and m["value_key"] for m in data.locality_meta)
+
+
+@pytest.mark.parametrize("split", ["test", "validation"])
+def test_subject_negatives_swap_the_country_and_are_never_evaluation_texts(split):
+    plain, swapped = _data(split, 40), _data(split, 40, subject_negatives=2)
+    evaluation = set(swapped.locality) | {t for r in swapped.records for t in r.inputs.values()}
+    for before, after in zip(plain.records, swapped.records):
+        added = {lang: after.negatives[lang][len(before.negatives.get(lang, [])) :] for lang in after.negatives}
+        added = {lang: texts for lang, texts in added.items() if texts}  # rendered in the training languages only
+        assert set(added) == {"en", "fr", "de", "es"} and all(len(texts) == 2 for texts in added.values())
+        assert not {t for texts in added.values() for t in texts} & evaluation
+        value = after.meta["value"]
+        assert all(value in text for text in added["en"])  # the same value, about another country
+    with pytest.raises(ValueError, match="LifelongConfig.subject_negatives"):
+        LifelongConfig(subject_negatives=-1)
+
+
+def test_render_claims_renders_the_value_about_other_countries():
+    from peft_mpn.data import render_claims
+
+    texts = render_claims("capital", "Paris", ["DE", "JP"], ["en", "fr"])
+    assert texts[0]["en"] == "query: The capital of Germany is Paris." and "Japon" in texts[1]["fr"]
+    with pytest.raises(ValueError, match="value_key"):
+        render_claims("capital", "Atlantis", ["DE"], ["en"])

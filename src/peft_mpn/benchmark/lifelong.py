@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import random
 import statistics
 import time
 from collections import Counter
@@ -71,6 +72,9 @@ class LifelongConfig:
         n_negatives: Hard negatives per edit and language (the same country and relation, other values).
         value_negatives: Extra hard negatives per edit and language: claims of the same relation and *value* about
             other countries, taken from the memory's countries (never an evaluation text); 0 for none.
+        subject_negatives: Extra hard negatives per edit and language: the edit with its subject swapped, i.e. the
+            same relation and value rendered about memory countries (`peft_mpn.data.render_claims`; never an
+            evaluation text), whether or not the benchmark has such a claim; 0 for none.
         neighbours: Neighbours (other claims about the same country) measured per record, in every language.
         sharpness: ``MPNConfig.sharpness`` of the patches.
         model: ``None`` for the demo's e5-small classifier (cached), ``"tiny"`` for a random smoke-test model.
@@ -94,6 +98,7 @@ class LifelongConfig:
     memory_size: int = 1000
     n_negatives: int = 3
     value_negatives: int = 0
+    subject_negatives: int = 0
     neighbours: int = 2
     sharpness: float = 10.0
     model: str | None = None
@@ -118,6 +123,10 @@ class LifelongConfig:
                 f"LifelongConfig.points must be whole numbers >= 1, e.g. [1, 10, 100]; got {self.points}."
             )
         self.points = sorted(set(self.points))
+        for name in ("value_negatives", "subject_negatives", "n_negatives"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"LifelongConfig.{name} must be an int >= 0 (negatives per edit), got {value!r}.")
         if self.split not in ("test", "validation"):
             raise ValueError(f"LifelongConfig.split must be 'test' or 'validation', got {self.split!r}.")
         if "en" not in self.train_languages or set(self.train_languages) & set(self.heldout_languages):
@@ -142,6 +151,7 @@ class LifelongConfig:
             "memory_size",
             "n_negatives",
             "value_negatives",
+            "subject_negatives",
             "neighbours",
             "model",
             "max_countries",
@@ -184,7 +194,7 @@ def build_data(
     Raises:
         ValueError: If the benchmark has fewer records than ``max(points)`` for the split (the message says how many).
     """
-    from ..data import to_edit_records
+    from ..data import render_claims, to_edit_records
 
     common = {"languages": config.languages, "relations": config.relations, "seed": config.seed}
     common["max_countries"] = config.max_countries
@@ -217,6 +227,7 @@ def build_data(
             f"{config.relations}, {len(config.languages)} languages); ask for points up to {available}."
         )
     chosen = candidates[:need]
+    memory_countries = sorted({r["meta"]["country"] for r in memory_pool})
     base = predict([r["inputs"]["en"] for r in chosen])
     by_value: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in memory_pool:
@@ -229,6 +240,14 @@ def build_data(
         for other in same_value:  # other countries, same relation and value: what a patch must not learn
             for lang, text in other["inputs"].items():
                 negatives.setdefault(lang, []).append(text)
+        if config.subject_negatives:  # the same relation and value about memory countries, rendered
+            rng = random.Random(f"{config.seed}:{row['id']}:subjects")
+            others = rng.sample(memory_countries, min(config.subject_negatives, len(memory_countries)))
+            for swapped in render_claims(
+                row["meta"]["relation"], row["meta"]["value_key"], others, config.train_languages
+            ):
+                for lang, text in swapped.items():
+                    negatives.setdefault(lang, []).append(text)
         records.append(EditRecord.from_dict({**row, "label": label, "negatives": negatives}))
     wrong = sum(p != r["label"] for p, r in zip(base, chosen))
     log(f"{len(records)} records ({wrong} the base gets wrong, {len(records) - wrong} flipped); {available} available")

@@ -17,6 +17,7 @@ from .benchmark import (
     build_benchmark,
     build_claims,
     load_templates,
+    render_claims,
     to_edit_records,
     validate_record,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "build_claims",
     "load_countries",
     "load_templates",
+    "render_claims",
     "load_xfever",
     "load_xnli",
     "read_jsonl",
