@@ -12,6 +12,7 @@ Two set-ups:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -82,6 +83,15 @@ def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def emit_json(report: dict[str, Any], out: str | None = None) -> None:
+    """Print a JSON report (UTF-8 text as is) and, with ``out``, also write it there."""
+    text = json.dumps(report, ensure_ascii=False, indent=1)
+    if out:
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    print(text)
 
 
 def summary(seconds: Sequence[float]) -> dict[str, float]:
@@ -199,11 +209,12 @@ def flip_labels(model: torch.nn.Module, tokenizer: Any, records: list[dict[str, 
 
 
 def default_classifier(log: Any = None) -> tuple[torch.nn.Module, Any, Any]:
-    """The demo's base classifier (e5-small + head trained on English claims, cached) and the demo's benchmark."""
+    """The first demo's base classifier (e5-small + head trained on English claims, cached) and its benchmark."""
     from peft_mpn.benchmark.experiment import ExperimentConfig, default_cache_dir, load_or_train_base
     from peft_mpn.data import build_benchmark
+    from peft_mpn.data.benchmark import CLASSIC_DEMO
 
-    config = ExperimentConfig()
+    config = ExperimentConfig(**CLASSIC_DEMO)
     bench = build_benchmark(languages=config.languages, relations=config.relations, seed=config.seed)
     model, tokenizer, _ = load_or_train_base(config, bench, default_cache_dir(), log or (lambda _msg: None))
     return model.eval(), tokenizer, config

@@ -2,8 +2,9 @@
 
 Five counterfactual capitals are edited one after the other in one editor (France -> Rome, Germany -> Madrid, United
 Kingdom -> Vienna, Russia -> Athens, Italy -> Lisbon), with ``Country: {c}\\nCapital:`` prompts in 8 languages and
-each target in that language's spelling (world-countries; hand-written for Japanese). The memory holds the same form,
-with answers, for 13 other countries, plus unrelated sentences; each edit joins it after it is made. Prints JSON:
+each target in that language's spelling (world-countries; for Japanese, CLDR and the packaged names of
+``peft_mpn.data.counterfactual``). The memory holds the same form, with answers, for 13 other countries, plus
+unrelated sentences; each edit joins it after it is made. Prints JSON:
 seconds and steps per edit, greedy outputs before and after per language, the new capital's share in each language
 (exact spelling, any language's spelling, old answer kept), and locality on neighbours and unrelated prompts.
 
@@ -15,7 +16,6 @@ seconds and steps per edit, greedy outputs before and after per language, the ne
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,45 +26,22 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import _common  # noqa: E402
 import torch  # noqa: E402
 
 from peft_mpn import CausalLMEditor, EditConfig  # noqa: E402
-from peft_mpn.data.countries import country_name, load_countries  # noqa: E402
+from peft_mpn.data.counterfactual import (  # noqa: E402
+    answer_text,
+    counterfactual_countries,
+    load_generation_templates,
+)
+from peft_mpn.data.countries import country_name  # noqa: E402
 from peft_mpn.models import load_causal_lm  # noqa: E402
 
 
 LANGS = ("en", "fr", "de", "es", "ru", "ar", "zh", "ja")
-TEMPLATES = {
-    "en": "Country: {c}\nCapital:",
-    "fr": "Pays : {c}\nCapitale :",
-    "de": "Land: {c}\nHauptstadt:",
-    "es": "País: {c}\nCapital:",
-    "ru": "Страна: {c}\nСтолица:",
-    "ar": "الدولة: {c}\nالعاصمة:",
-    "zh": "国家：{c}\n首都：",
-    "ja": "国：{c}\n首都：",
-}
-#: world-countries has no Japanese; these capitals are written by hand.
-JA_CAPITALS = {
-    **{
-        "FR": "パリ",
-        "DE": "ベルリン",
-        "JP": "東京",
-        "IT": "ローマ",
-        "ES": "マドリード",
-        "RU": "モスクワ",
-        "CN": "北京",
-    },
-    **{
-        "GB": "ロンドン",
-        "EG": "カイロ",
-        "KR": "ソウル",
-        "TH": "バンコク",
-        "GR": "アテネ",
-        "AT": "ウィーン",
-        "PT": "リスボン",
-    },
-}
+#: ``Country: {country}\nCapital:`` and its translations (the packaged prompts of the counterfactual benchmark).
+TEMPLATES = {lang: load_generation_templates()["prompts"]["capital"][lang] for lang in LANGS}
 EDITS = [("FR", "IT"), ("DE", "ES"), ("GB", "AT"), ("RU", "GR"), ("IT", "PT")]
 MEMORY_COUNTRIES = ["CA", "AU", "BR", "IN", "AR", "PL", "SE", "NL", "KE", "VN", "IR", "PE", "CU"]
 NEIGHBOUR_COUNTRIES = ["JP", "ES", "CN", "MX", "TR", "NO", "TH", "EG", "KR", "GR"]
@@ -99,30 +76,33 @@ def first_line(text: str) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    countries = {c.iso2: c for c in load_countries(("en", "de", "es", "fr", "ru", "ar", "zh"))}
+    # Capitals: world-countries; in Japanese, CLDR exemplar cities and the packaged names (not every country has one,
+    # so Japanese is looked up apart; the memory does not use it).
+    countries = {c.iso2: c for c in counterfactual_countries([lang for lang in LANGS if lang != "ja"], ["capital"])}
+    japanese = {c.iso2: c for c in counterfactual_countries(["en", "ja"], ["capital"])}
 
     def capital(iso: str, lang: str) -> str:
-        return JA_CAPITALS[iso] if lang == "ja" else countries[iso].facts["capital"].values[lang]
+        return (japanese if lang == "ja" else countries)[iso].facts["capital"].values[lang]
 
     def answer(text: str, lang: str) -> str:
-        return text if lang in ("zh", "ja") else " " + text
+        return answer_text(text, lang)
 
     records = [
         {
             "id": f"{iso}->{new}",
-            "prompt": {lang: TEMPLATES[lang].format(c=country_name(iso, lang)) for lang in LANGS},
+            "prompt": {lang: TEMPLATES[lang].format(country=country_name(iso, lang)) for lang in LANGS},
             "target": {lang: answer(capital(new, lang), lang) for lang in LANGS},
         }
         for iso, new in EDITS[: args.n]
     ]
     memory = [
-        TEMPLATES[lang].format(c=country_name(iso, lang)) + answer(capital(iso, lang), lang)
+        TEMPLATES[lang].format(country=country_name(iso, lang)) + answer(capital(iso, lang), lang)
         for iso in MEMORY_COUNTRIES
         for lang in LANGS
         if lang != "ja"
     ] + MEMORY_SENTENCES
     neighbours = [
-        TEMPLATES[lang].format(c=country_name(iso, lang))
+        TEMPLATES[lang].format(country=country_name(iso, lang))
         for iso in NEIGHBOUR_COUNTRIES
         for lang in ("en", "fr", "de", "ru", "zh")
     ]
@@ -192,12 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    report = run(args)
-    text = json.dumps(report, ensure_ascii=False, indent=1)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    print(text)
+    _common.emit_json(run(args), args.out)
 
 
 if __name__ == "__main__":

@@ -117,3 +117,30 @@ def test_lifelong_smoke(monkeypatch, tmp_path, capsys):
     assert again == 0 and "| LoRA | 4 |" in capsys.readouterr().out
     assert main(["lifelong", "--model", "tiny", "--max-countries", "8", "--points", "5000", "--quiet"]) == 2
     assert "ask for points up to" in capsys.readouterr().err
+
+
+def test_counterfactual_known_smoke(monkeypatch, capsys):
+    """The base-knowledge scan on a tiny random Gemma 3 with the real Gemma tokenizer (from the model cache)."""
+    from peft_mpn.data import gemma3
+
+    path = gemma3.causal_lm_dir()
+    if not gemma3._is_causal_lm_complete(path):
+        pytest.skip("the Gemma 3 cache (peft_mpn.models.load_causal_lm) is absent: its tokenizer is needed")
+    import torch
+    import transformers as tf
+
+    tokenizer = tf.AutoTokenizer.from_pretrained(path)
+    config = tf.Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, head_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = tf.Gemma3ForCausalLM(config).eval()
+    module = load("counterfactual_known", monkeypatch)
+    monkeypatch.setattr(module, "load_causal_lm", lambda dtype: (model, tokenizer))
+    module.main(["--splits", "validation", "--relations", "capital", "--languages", "en", "ja"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["languages"] == ["en", "ja"] and report["prompts"] == 2 * report["records"] > 0
+    known = report["known"]["capital"]
+    assert set(known) == {"en", "ja"} and known["en"]["of"] == report["records"]
+    assert 0 <= known["ja"]["known"] <= known["ja"]["first_token"] <= known["ja"]["of"]

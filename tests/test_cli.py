@@ -207,6 +207,10 @@ def test_demo_smoke_on_a_tiny_benchmark(tmp_path, capsys):
             str(tmp_path / "demo"),
             "--relations",
             "capital",
+            "--train-languages",
+            "en,fr",
+            "--heldout-languages",
+            "ru,zh",
             "--max-countries",
             "30",
             "--n-edits",
@@ -238,3 +242,12 @@ def test_demo_smoke_on_a_tiny_benchmark(tmp_path, capsys):
     assert results["setup"]["config"]["code_switch"] == ["ja", "ko"]
     assert results["setup"]["code_switch_evaluated"] == []  # Japanese and Korean names; neither is evaluated
     assert main(["report", "--results", str(tmp_path / "demo" / "results.json")]) == 0
+
+
+def test_demo_code_switch_option_takes_auto_none_or_languages():
+    from peft_mpn.cli import _code_switch_option
+
+    assert _code_switch_option(["auto"]) is None and _code_switch_option(["none"]) == []
+    assert _code_switch_option(["ja", "ko"]) == ["ja", "ko"]
+    with pytest.raises(ValueError, match="not a mix"):
+        _code_switch_option(["auto", "ja"])

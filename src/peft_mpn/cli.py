@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .data.benchmark import DEMO
 
 
 EPILOG = """examples:
@@ -347,6 +348,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _code_switch_option(value: list[str]) -> list[str] | None:
+    """``--code-switch``: ``auto`` -> None (the experiment's default), ``none`` -> [], else the list."""
+    if value in (["auto"], ["none"]):
+        return None if value == ["auto"] else []
+    if {"auto", "none"} & set(value):
+        raise ValueError(f"--code-switch takes 'auto', 'none' or language codes, not a mix: {','.join(value)}.")
+    return value
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .benchmark.experiment import ExperimentConfig, run_experiment
     from .benchmark.report import markdown_table
@@ -365,8 +375,9 @@ def _demo(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         sharpness=args.sharpness,
         n_negatives=args.n_negatives,
-        code_switch=args.code_switch,
+        code_switch=_code_switch_option(args.code_switch),
         seed=args.seed,
+        split=args.split,
         edit=EditConfig(seed=args.seed, **({} if args.patience is None else {"patience": args.patience})),
     )
     from .utils.locks import directory_lock
@@ -623,9 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--model", default=None, help=model_help)
-    p.add_argument("--relations", type=_csv, default=["capital", "continent"])
-    p.add_argument("--train-languages", type=_csv, default=["en", "fr", "de", "es"])
-    p.add_argument("--heldout-languages", type=_csv, default=["ru", "ar", "zh"])
+    p.add_argument("--relations", type=_csv, default=DEMO["relations"])
+    p.add_argument("--train-languages", type=_csv, default=DEMO["train_languages"])
+    p.add_argument("--heldout-languages", type=_csv, default=DEMO["heldout_languages"])
     p.add_argument("--methods", type=_csv, default=["tpatcher", "mpn", "ft", "lora"])
     p.add_argument("--n-edits", type=int, default=100)
     p.add_argument("--memory-size", type=int, default=1000)
@@ -636,8 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--code-switch",
         type=_csv,
-        default=[],
-        help="languages of code-switched training examples (English edit, names in these languages, from CLDR)",
+        default=["auto"],
+        help="languages of code-switched training examples (the English edit, its names in these languages, from "
+        "CLDR); 'auto': the first 3 of ja,ko,fa,he,ta,ka,hy,am,km,si not evaluated; 'none': no code-switching",
     )
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")
@@ -645,6 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience", type=int, default=None, help="plateau steps before an edit stops (default: EditConfig's, 20)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--split", choices=["test", "validation"], default="test", help="validation: tuning runs (no test country)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
     _describe(p, _DEMO_HELP)

@@ -37,6 +37,34 @@ def test_locality_texts_never_come_from_the_edited_split():
     assert records and not any(t in test_texts for r in records for t in r["locality"])
 
 
+def test_the_validation_split_never_touches_a_test_country():
+    from peft_mpn.benchmark.experiment import _split_data
+    from peft_mpn.data import build_benchmark
+
+    config = ExperimentConfig(
+        relations=["capital"], train_languages=["en"], heldout_languages=["fr"], max_countries=60, split="validation"
+    )
+    common = {"languages": ["en", "fr"], "relations": ["capital"], "max_countries": 60, "seed": 0}
+    bench = build_benchmark(**common)
+    split_of = {row["country"]: split for split in ("train", "validation", "test") for row in bench[split]}
+    records, memory, unrelated = _split_data(config, bench, lambda texts: [1] * len(texts), lambda _: None)
+    assert records and {split_of[r.meta["country"]] for r in records} == {"validation"}
+    truth = {r.inputs["en"]: r.label for r in (EditRecord.from_dict(x) for x in to_edit_records(**common))}
+    # claims the base (always 1) gets wrong keep their label; those it gets right are flipped to 0
+    assert all(r.label == 0 or truth[r.inputs["en"]] == 1 for r in records)
+    pairs = [(r.meta["country"], r.meta["relation"]) for r in records]
+    assert len(pairs) == len(set(pairs))  # one edit per country and relation: the other claims stay neighbours
+    assert unrelated and {split_of[r["country"]] for r in unrelated} == {"train"}
+    texts = {t for texts in memory.values() for t in texts}
+    assert texts and not texts & {r["text"] for r in unrelated}  # locality claims are kept out of the memory
+    test_texts = {row["text"] for row in bench["test"]}
+    assert not texts & test_texts and not {r["text"] for r in unrelated} & test_texts
+    with pytest.raises(ValueError, match="split"):
+        ExperimentConfig(split="dev")
+    with pytest.raises(ValueError, match=r"relation 'capital' has no claims in \['hi', 'el'"):
+        ExperimentConfig(relations=["capital"])  # the demo's languages need currency or language
+
+
 def test_config_validates_and_keys_sharpness():
     a, b = ExperimentConfig(), ExperimentConfig(sharpness=1.0)
     assert a.run_key() != b.run_key()
@@ -52,8 +80,11 @@ def test_config_validates_and_keys_sharpness():
     with pytest.raises(ValueError, match="code_switch"):
         ExperimentConfig(code_switch=["en", "ja"])
     assert ExperimentConfig(code_switch=["ja"]).run_key() != a.run_key()
+    # by default, code-switching in the first script-diverse languages that are not evaluated; [] turns it off
+    assert a.code_switch == ["ja", "ko", "fa"]
+    assert ExperimentConfig(code_switch=[]).code_switch == []
     # the benchmark's countries, hence its split, depend on the languages: so does the cached base
-    assert ExperimentConfig(heldout_languages=["ru"]).base_key() != a.base_key()
+    assert ExperimentConfig(heldout_languages=["ar"]).base_key() != a.base_key()
 
 
 def test_base_key_covers_the_training_data_and_the_versions(monkeypatch):
@@ -76,6 +107,8 @@ def test_two_runs_print_the_same_table(tmp_path):
 
     config = ExperimentConfig(
         relations=["capital"],
+        train_languages=["en", "fr"],
+        heldout_languages=["ru", "zh"],
         max_countries=30,
         n_edits=3,
         memory_size=60,

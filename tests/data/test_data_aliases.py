@@ -65,3 +65,11 @@ def test_benchmark_alias_table_names_the_benchmark_entities_in_other_locales():
     switched = code_switch(record["inputs"]["en"], table, "ko")
     assert switched is not None and switched != record["inputs"]["en"]
     assert switched.startswith("query: The official currency of ")  # the English template stays
+
+
+def test_default_code_switch_skips_evaluated_languages():
+    from peft_mpn.data.aliases import CODE_SWITCH_POOL, default_code_switch
+
+    assert default_code_switch() == list(CODE_SWITCH_POOL[:3]) == ["ja", "ko", "fa"]
+    assert default_code_switch(["en", "ja", "he"], n=4) == ["ko", "fa", "ta", "ka"]
+    assert default_code_switch(CODE_SWITCH_POOL) == []

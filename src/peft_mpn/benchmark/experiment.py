@@ -18,12 +18,13 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..data.benchmark import DEMO, DEMO_CODE_SWITCH
 from ..data.records import EditRecord
 from ..editing import metrics
 from ..editing.baselines import BaselineConfig
@@ -63,19 +64,28 @@ class ExperimentConfig:
             negative tail leaks onto unrelated claims: see ``docs/benchmark.md``).
         code_switch: Languages of code-switched training examples for T-Patcher and MPN: the English edit (and its
             English hard negatives) with the country and value names written in each language, from CLDR names
-            (``peft_mpn.data.aliases.benchmark_alias_table``). Only names are used, never a claim's translation;
-            a code-switch language that is also evaluated is reported in ``setup.code_switch_evaluated`` (its names
-            then appear in evaluation texts). Empty: none.
+            (``peft_mpn.data.aliases.benchmark_alias_table``). Only names are used, never a claim's translation.
+            ``None`` (the default): the first ``DEMO_CODE_SWITCH`` languages of
+            ``peft_mpn.data.aliases.CODE_SWITCH_POOL`` that are not evaluated; ``[]``: none. A code-switch language
+            that is also evaluated is reported in ``setup.code_switch_evaluated`` (its names then appear in
+            evaluation texts).
+        code_switch_memory: With ``code_switch``, code-switched copies of the memory's texts join the memory
+            (``MPNEditor(code_switch_memory=...)``).
         seed: Seeds the benchmark, the base training and the edits.
+        split: ``"test"`` (the reported run): edits about test countries, locality on validation countries.
+            ``"validation"`` (tuning runs, which never touch a test country): edits about validation countries (the
+            claims the base gets wrong in English, then, if there are too few, claims it gets right with the label
+            flipped), memory from training countries, locality on claims about a quarter of the training countries
+            kept out of the memory.
         edit: The edit knobs.
         baseline: How FT-L and LoRA edit; ``None``: each its settings chosen on the validation split
             (``BaselineConfig.for_method``, docs/benchmark.md).
     """
 
     model: str | None = None
-    relations: list[str] = field(default_factory=lambda: ["capital", "continent"])
-    train_languages: list[str] = field(default_factory=lambda: ["en", "fr", "de", "es"])
-    heldout_languages: list[str] = field(default_factory=lambda: ["ru", "ar", "zh"])
+    relations: list[str] = field(default_factory=lambda: list(DEMO["relations"]))
+    train_languages: list[str] = field(default_factory=lambda: list(DEMO["train_languages"]))
+    heldout_languages: list[str] = field(default_factory=lambda: list(DEMO["heldout_languages"]))
     methods: list[str] = field(default_factory=lambda: ["tpatcher", "mpn", "ft", "lora"])
     n_edits: int = 100
     memory_size: int = 1000
@@ -85,8 +95,10 @@ class ExperimentConfig:
     pooling: str = "cls"
     sharpness: float = 10.0
     n_negatives: int = 3
-    code_switch: list[str] = field(default_factory=list)
+    code_switch: list[str] | None = None
+    code_switch_memory: bool = True
     seed: int = 0
+    split: str = "test"
     edit: EditConfig = field(default_factory=EditConfig)
     baseline: BaselineConfig | None = None
 
@@ -109,6 +121,23 @@ class ExperimentConfig:
             raise ValueError(f"ExperimentConfig.n_negatives must be >= 0 (0: none), got {self.n_negatives}.")
         if not self.sharpness > 0:
             raise ValueError(f"ExperimentConfig.sharpness must be > 0 (1: plain FFN unit), got {self.sharpness}.")
+        from ..data.countries import RELATION_LANGUAGES
+
+        for relation in self.relations:
+            covered = RELATION_LANGUAGES.get(relation, self.languages)
+            missing = [lang for lang in self.languages if lang not in covered]
+            if missing:
+                raise ValueError(
+                    f"ExperimentConfig: relation {relation!r} has no claims in {missing} (it covers "
+                    f"{', '.join(covered)}); drop those languages (--train-languages/--heldout-languages) or use "
+                    "relations currency,language, which cover all 15 XNLI languages."
+                )
+        if self.split not in ("test", "validation"):
+            raise ValueError(f"ExperimentConfig.split must be 'test' or 'validation' (tuning), got {self.split!r}.")
+        if self.code_switch is None:
+            from ..data.aliases import default_code_switch
+
+            self.code_switch = default_code_switch(self.languages, n=DEMO_CODE_SWITCH)
         if isinstance(self.code_switch, str) or "en" in self.code_switch:
             raise ValueError(
                 f"ExperimentConfig.code_switch must be a list of non-English language codes, got {self.code_switch!r}."
@@ -202,6 +231,60 @@ def load_or_train_base(
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "base_info.json", info)
     return model.eval(), tokenizer, {**info, "cache": f"{key} (trained in this run)"}
+
+
+def _split_data(
+    config: ExperimentConfig,
+    bench: Any,
+    predict: Callable[[list[str]], list[int]],
+    log: Callable[[str], None],
+) -> tuple[list[EditRecord], dict[str, list[str]], list[dict[str, Any]]]:
+    """The edit records, the memory (``{"en": [...], "multi": [...]}``) and the locality rows of ``config.split``."""
+    from ..data import to_edit_records
+
+    common = {k: getattr(config, k) for k in ("languages", "relations", "seed", "max_countries")}
+    candidates = to_edit_records(**common, splits=[config.split], n_negatives=config.n_negatives)
+    candidates = [EditRecord.from_dict(r) for r in candidates]
+    candidates = [r for r in candidates if all(lang in r.inputs for lang in config.languages)]
+    english = predict([r.inputs["en"] for r in candidates])
+    records = [r for r, p in zip(candidates, english) if p != r.label]
+    pool = list(bench["train"])
+    if config.split == "validation":
+        # One edit per country and relation, so that the other claims about it stay neighbours that must not move:
+        # the claim the base gets wrong, else one it gets right with the label flipped (a counterfactual edit).
+        pair = lambda r: (r.meta.get("country"), r.meta.get("relation"))  # noqa: E731
+        records = list({pair(r): r for r in reversed(records)}.values())[::-1]
+        taken = {pair(r) for r in records}
+        right = [r for r, p in zip(candidates, english) if p == r.label and pair(r) not in taken]
+        flipped = [replace(r, label=1 - r.label) for r in {pair(r): r for r in reversed(right)}.values()][::-1]
+        n_wrong = min(len(records), config.n_edits)
+        records = (records + flipped)[: config.n_edits]
+        log(f"edit set: {len(records)} validation claims ({n_wrong} the base gets wrong, the others flipped)")
+        countries = list(dict.fromkeys(r["country"] for r in pool))
+        apart = set(countries[: len(countries) // 4])  # locality countries, kept out of the memory
+        unrelated = [r for r in pool if r["country"] in apart and r["lang"] in config.languages]
+        pool = [r for r in pool if r["country"] not in apart]
+    else:
+        records = records[: config.n_edits]
+        log(f"edit set: {len(records)} {config.split} claims the base gets wrong in English (of {len(candidates)})")
+    if not records:
+        raise ValueError("the base classifier gets every English test claim right: nothing to edit.")
+    # Memory: training claims, never evaluation items. (Validation claims, which the base never saw, gave worse
+    # locality in a 40-edit run: retain 0.57 against 0.65 for T-Patcher.)
+    step = max(1, len(pool) // max(config.memory_size, 1))
+    pool = pool[::step]
+    memory = {
+        "en": [r["text"] for r in pool if r["lang"] == "en"][: config.memory_size],
+        "multi": [r["text"] for r in pool if r["lang"] in config.train_languages][: config.memory_size],
+    }
+    if config.split == "test":
+        # Locality: every claim about a validation country, in every language: never edited, never in the memory.
+        # (Tiny benchmarks without validation countries fall back to test countries with no edit.)
+        edited = {r.meta.get("country") for r in records}
+        unrelated = [r for r in bench["validation"] if r["lang"] in config.languages] or [
+            r for r in bench["test"] if r["lang"] in config.languages and r["country"] not in edited
+        ]
+    return records, memory, unrelated
 
 
 def _predict(editor_or_model: Any, tokenizer: Any, texts: list[str]) -> list[int]:
@@ -332,7 +415,7 @@ def run_experiment(
     Returns:
         The results dict written to ``results.json``.
     """
-    from ..data import build_benchmark, to_edit_records
+    from ..data import build_benchmark
     from .report import write_report
 
     start = time.perf_counter()
@@ -355,30 +438,7 @@ def run_experiment(
         + ", ".join(f"{lang} {acc:.3f}" for lang, acc in base_info["test_accuracy"].items())
     )
 
-    test_records = to_edit_records(**common, splits=["test"], n_negatives=config.n_negatives)
-    test_records = [EditRecord.from_dict(r) for r in test_records]
-    test_records = [r for r in test_records if all(lang in r.inputs for lang in config.languages)]
-    english = _predict(base, tokenizer, [r.inputs["en"] for r in test_records])
-    records = [r for r, p in zip(test_records, english) if p != r.label][: config.n_edits]
-    log(f"edit set: {len(records)} test claims the base gets wrong in English (of {len(test_records)})")
-    if not records:
-        raise ValueError("the base classifier gets every English test claim right: nothing to edit.")
-
-    # Memory: training claims, never evaluation items. (Validation claims, which the base never saw, gave worse
-    # locality in a 40-edit run: retain 0.57 against 0.65 for T-Patcher.)
-    pool = list(bench["train"])
-    step = max(1, len(pool) // max(config.memory_size, 1))
-    pool = pool[::step]
-    memory = {
-        "en": [r["text"] for r in pool if r["lang"] == "en"][: config.memory_size],
-        "multi": [r["text"] for r in pool if r["lang"] in config.train_languages][: config.memory_size],
-    }
-    # Locality: every claim about a validation country, in every language: never edited, never in the memory.
-    # (Tiny benchmarks without validation countries fall back to test countries with no edit.)
-    edited_countries = {r.meta.get("country") for r in records}
-    unrelated = [r for r in bench["validation"] if r["lang"] in config.languages] or [
-        r for r in bench["test"] if r["lang"] in config.languages and r["country"] not in edited_countries
-    ]
+    records, memory, unrelated = _split_data(config, bench, lambda texts: _predict(base, tokenizer, texts), log)
     texts = _eval_texts(records, config.languages, [r["text"] for r in unrelated])
     locality_labels = [int(r["label"]) for r in unrelated]
     flat = [t for group in texts.values() for t in group if t]
@@ -403,7 +463,7 @@ def run_experiment(
         edit_config.position = "all"
         log("the base mean-pools: patches are read at every token (EditConfig.position='all')")
     aliases = None
-    if config.code_switch:
+    if config.code_switch and {"mpn", "tpatcher"} & set(config.methods):
         from ..data.aliases import benchmark_alias_table
 
         aliases = benchmark_alias_table(config.code_switch, config.languages, config.relations, config.seed)
@@ -425,7 +485,15 @@ def run_experiment(
             if method in ("ft", "lora")
             else None,
             progress=progress,
-            **({"aliases": aliases, "code_switch": config.code_switch} if method in ("mpn", "tpatcher") else {}),
+            **(
+                {
+                    "aliases": aliases,
+                    "code_switch": config.code_switch,
+                    "code_switch_memory": config.code_switch_memory,
+                }
+                if method in ("mpn", "tpatcher")
+                else {}
+            ),
         )
         results = editor.edit_stream(records, checkpoint_dir=out / "checkpoints" / f"{method}-{run_key}")
         base.eval()

@@ -329,9 +329,10 @@ def load_model(config: LifelongConfig, log: Callable[[str], None]) -> tuple[torc
         texts += [t for r in rows for ts in r["negatives"].values() for t in ts]
         return tiny_model(texts, config.seed)
     from ..data import build_benchmark
+    from ..data.benchmark import CLASSIC_DEMO
     from .experiment import ExperimentConfig, default_cache_dir, load_or_train_base
 
-    demo = ExperimentConfig(model=config.model, seed=config.seed)
+    demo = ExperimentConfig(model=config.model, seed=config.seed, **CLASSIC_DEMO)
     bench = build_benchmark(languages=demo.languages, relations=demo.relations, seed=demo.seed)
     model, tokenizer, _ = load_or_train_base(demo, bench, default_cache_dir(), log)
     return model.eval(), tokenizer

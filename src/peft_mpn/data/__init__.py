@@ -1,4 +1,5 @@
-"""Offline multilingual data: an XFEVER-like country-facts benchmark and loaders for XNLI / XFEVER.
+"""Offline multilingual data: an XFEVER-like country-facts benchmark, a counterfactual generation benchmark, and
+loaders for XNLI / XFEVER.
 
 The benchmark is built from real data shipped in Python packages (``world-countries`` and CLDR via ``babel``, both
 in the ``demo`` extra), so it needs no download. ``datasets`` is imported only by the functions that return datasets.
@@ -21,6 +22,15 @@ from .benchmark import (
     to_edit_records,
     validate_record,
 )
+from .counterfactual import (
+    DEFAULT_LANGUAGES,
+    CounterfactualEditRecord,
+    build_counterfactual_records,
+    keep_known,
+    load_generation_templates,
+    one_per_country,
+    read_counterfactual_records,
+)
 from .countries import (
     RELATION_LANGUAGES,
     RELATIONS,
@@ -33,6 +43,7 @@ from .countries import (
 )
 from .hub import XFEVER_LANGUAGES, XNLI_HUB_NAME, load_xfever, load_xnli
 from .records import EditRecord, read_records, write_records
+from .zsre import MZSRE_LANGUAGES, load_bizsre, load_mzsre, load_zsre_parallel
 
 
 __all__ = [
@@ -53,6 +64,13 @@ __all__ = [
     "XNLI_HUB_NAME",
     "XNLI_LANGUAGES",
     "Claim",
+    "CounterfactualEditRecord",
+    "DEFAULT_LANGUAGES",
+    "build_counterfactual_records",
+    "keep_known",
+    "load_generation_templates",
+    "one_per_country",
+    "read_counterfactual_records",
     "Country",
     "Fact",
     "build_benchmark",
@@ -60,7 +78,11 @@ __all__ = [
     "load_countries",
     "load_templates",
     "render_claims",
+    "load_bizsre",
+    "load_mzsre",
     "load_xfever",
+    "load_zsre_parallel",
+    "MZSRE_LANGUAGES",
     "load_xnli",
     "read_jsonl",
     "relation_languages",

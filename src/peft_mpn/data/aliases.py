@@ -23,6 +23,25 @@ from typing import Any
 CODE_SWITCH_SEPARATOR = ">"
 
 
+#: Languages whose CLDR names make good code-switched examples, most useful first: each writes in another script
+#: (Japanese kana and kanji, Hangul, the Perso-Arabic script, Hebrew, Tamil, Georgian, Armenian, Amharic's Ge'ez,
+#: Khmer, Sinhala). See :func:`default_code_switch`.
+CODE_SWITCH_POOL: tuple[str, ...] = ("ja", "ko", "fa", "he", "ta", "ka", "hy", "am", "km", "si")
+
+
+def default_code_switch(evaluated: Sequence[str] = (), n: int = 3) -> list[str]:
+    """The first ``n`` languages of :data:`CODE_SWITCH_POOL` that are not in ``evaluated``.
+
+    Code-switching with a language that is also evaluated would put that language's names into training, so an
+    experiment that reports held-out languages leaves them out.
+
+    Example:
+        >>> default_code_switch(["en", "ko", "fa"])
+        ['ja', 'he', 'ta']
+    """
+    return [lang for lang in CODE_SWITCH_POOL if lang not in set(evaluated)][:n]
+
+
 def code_switch_language(lang: str, source: str = "en") -> str:
     """The pseudo-language code of ``source`` text with the names in ``lang``: ``code_switch_language("zh")`` is
     ``"en>zh"``."""
@@ -149,11 +168,13 @@ def benchmark_alias_table(
 
 
 __all__ = [
+    "CODE_SWITCH_POOL",
     "CODE_SWITCH_SEPARATOR",
     "benchmark_alias_table",
     "check_alias_table",
     "code_switch",
     "code_switch_language",
     "code_switched_inputs",
+    "default_code_switch",
     "is_code_switched",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -200,6 +201,55 @@ def official_languages(iso2: str, *, regional: bool = False) -> list[str]:
         if base not in out:
             out.append(base)
     return out
+
+
+#: world-countries continent (English) -> UN M49 region code; CLDR names the region in every language.
+CONTINENT_REGIONS: dict[str, str] = {
+    "Africa": "002",
+    "Asia": "142",
+    "Europe": "150",
+    "North America": "003",
+    "South America": "005",
+    "Oceania": "009",
+}
+
+
+def _fold(text: str) -> str:
+    """Case- and accent-insensitive form: ``Bogotá`` and ``Bogota`` match."""
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)).casefold()
+
+
+def cldr_capital(iso2: str, english: str, lang: str) -> str | None:
+    """The capital's name in ``lang`` from the CLDR exemplar cities of the territory's time zones.
+
+    CLDR names the main city of every time zone in every locale; where that city is the capital (``Europe/Paris``
+    for France, ``Asia/Tokyo`` for Japan), its localised name is the capital's. About 140 capitals are time-zone
+    cities; others are not (Beijing is in ``Asia/Shanghai``, New Delhi in ``Asia/Kolkata``).
+
+    Args:
+        iso2: ISO 3166-1 alpha-2 code.
+        english: The capital's English name (world-countries), matched case- and accent-insensitively against the
+            English city of each of the territory's zones.
+        lang: Language code.
+
+    Returns:
+        The localised name, or None where no zone city is the capital or CLDR has no name for it in ``lang``.
+    """
+    babel, _, _ = _babel()
+    dates = _require("babel.dates")
+    zones = babel.core.get_global("territory_zones").get(iso2, ())
+    for zone in zones:
+        if _fold(dates.get_timezone_location(zone, locale="en", return_city=True)) == _fold(english):
+            city = (_locale(lang).time_zones.get(zone) or {}).get("city")
+            if city:
+                return city
+    return None
+
+
+def continent_name(english: str, lang: str) -> str | None:
+    """CLDR name of a world-countries continent (``"Europe"`` -> ``"ヨーロッパ"`` in ``ja``), or None."""
+    code = CONTINENT_REGIONS.get(english)
+    return _locale(lang).territories.get(code) if code else None
 
 
 def _all_have(values: dict[str, str | None], languages: Iterable[str]) -> bool:

@@ -40,6 +40,18 @@ def test_collator_adds_code_switched_languages_inputs_and_negatives(classifier):
     assert int(batch["edit_mask"].sum()) == 3 and len(batch["labels"]) == 3 + 2  # two negatives: en and en>de
 
 
+def test_code_switched_copies_of_the_memory_join_it_unless_turned_off(classifier):
+    _, tokenizer = classifier()
+    memory = ["w1 w30 good", "w40 w41", "w2 w3 bad"]
+    collator = MultilingualEditCollator(tokenizer, ["en"], memory, aliases=TABLE, code_switch=["fr", "de"])
+    # the texts that name an entity get one copy each, the languages taken in turn; the rest is left alone
+    assert collator.memory == [*memory, "w1_fr w30 good", "w2_de w3_de bad"]
+    plain = MultilingualEditCollator(
+        tokenizer, ["en"], memory, aliases=TABLE, code_switch=["fr"], code_switch_memory=False
+    )
+    assert plain.memory == memory
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

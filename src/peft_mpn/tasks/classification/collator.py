@@ -13,7 +13,25 @@ from ...data.records import EditRecord
 from ...editing.collator import EditCollator, Sampling, training_languages
 
 
-__all__ = ["MultilingualEditCollator", "Sampling", "training_languages"]
+__all__ = ["MultilingualEditCollator", "Sampling", "switched_copies", "training_languages"]
+
+
+def switched_copies(
+    texts: Sequence[str], aliases: Mapping[str, Mapping[str, str]], languages: Sequence[str]
+) -> list[str]:
+    """A code-switched copy of each text that names an entity of ``aliases``, the ``languages`` taken in turn.
+
+    Example:
+        >>> table = {"FR": {"en": "France", "ja": "フランス", "ko": "프랑스"}}
+        >>> switched_copies(["France is big.", "Water is wet.", "I like France."], table, ["ja", "ko"])
+        ['フランス is big.', 'I like 프랑스.']
+    """
+    out = []
+    for text in texts:
+        switched = code_switch(text, aliases, languages[len(out) % len(languages)])
+        if switched is not None:
+            out.append(switched)
+    return out
 
 
 class MultilingualEditCollator(EditCollator):
@@ -32,6 +50,10 @@ class MultilingualEditCollator(EditCollator):
             ``lang``, as the pseudo-language ``"en>lang"``. They join the training languages (after the real ones),
             so they are trained on like translations and join the memory after the edit. They teach the patch's key
             that the script of the names does not matter (``docs/concepts.md``). Empty: none.
+        code_switch_memory: With ``code_switch``, also add a code-switched copy of every memory text that names an
+            entity of ``aliases`` (the languages taken in turn), so that the key learns to stay silent on unrelated
+            text with foreign names too, not only to fire on the edit's. Without it a patch trained on an English
+            memory fires on unrelated claims whose names are foreign (measured: docs/benchmark.md).
 
     Example:
         >>> collator = MultilingualEditCollator(tokenizer, ["en", "fr"], memory=["Water is wet."])  # doctest: +SKIP
@@ -48,6 +70,7 @@ class MultilingualEditCollator(EditCollator):
         *,
         aliases: Mapping[str, Mapping[str, str]] | None = None,
         code_switch: Sequence[str] = (),
+        code_switch_memory: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(tokenizer, languages, memory, **options)
@@ -70,7 +93,10 @@ class MultilingualEditCollator(EditCollator):
                     f"code_switch languages {unknown} have no name in the alias table; the table has {sorted(known)}."
                 )
         self.code_switch = code_switch
+        self.code_switch_memory = bool(code_switch_memory)
         self.languages = [*self.languages, *(code_switch_language(lang) for lang in code_switch)]
+        if code_switch and self.code_switch_memory:
+            self.memory.extend(switched_copies(self.memory, self.aliases, code_switch))
 
     def expand(self, record: EditRecord) -> EditRecord:
         """The record with its code-switched inputs and hard negatives (``"en>lang"``); itself without

@@ -139,6 +139,8 @@ class MPNEditor(Editor):
         code_switch: Languages of code-switched training examples (the English edit with its entity names in each
             language, as the pseudo-language ``"en>lang"``); they make keys fire on translations into languages no
             patch saw. With ``method="tpatcher"`` the patch still trains on English sentences only.
+        code_switch_memory: With ``code_switch``, add a code-switched copy of each memory text that names an entity
+            of ``aliases`` (see `MultilingualEditCollator`), so keys stay silent on unrelated text with foreign names.
         **strategy_kwargs: ``mpn_config`` or ``lora_config`` for wrapping a plain model, ``baseline``
             (`BaselineConfig`) for how FT-L and LoRA edit, ``grace`` (`GraceConfig`) for the GRACE codebook.
 
@@ -167,6 +169,7 @@ class MPNEditor(Editor):
         training_args: dict[str, Any] | None = None,
         aliases: Mapping[str, Mapping[str, str]] | None = None,
         code_switch: Sequence[str] = (),
+        code_switch_memory: bool = True,
         **strategy_kwargs: Any,
     ) -> None:
         _check_classifier(model)
@@ -187,6 +190,7 @@ class MPNEditor(Editor):
             max_length=max_length,
             aliases=aliases,
             code_switch=code_switch,
+            code_switch_memory=code_switch_memory,
         )
         self._setup(strategy, tokenizer, collator, method=method, config=config, progress=progress)
         self.training_args = training_args or {}
