@@ -117,6 +117,9 @@ def test_lifelong_smoke(monkeypatch, tmp_path, capsys):
     for row in rows:
         assert all(0.0 <= row[k] <= 1.0 for k in ("ER", "GR_train", "GR_heldout", "locality") if row[k] is not None)
         assert row["seconds_per_edit"] > 0 and row["inference_ratio"] > 0
+        if row["method"] in ("MPN", "T-Patcher"):  # the false-fire diagnostics of the patch methods
+            assert row["false_fires"]["n"] == row["inputs_with_a_firing_patch"]
+            assert row["flipped_fires"]["n"] + row["flipped_without_a_firing_patch"] == row["locality_flipped"]
     assert "| MPN | 4 |" in capsys.readouterr().out and (tmp_path / "curve.png").stat().st_size > 0
     again = main(["lifelong", "--combine", str(tmp_path / "lifelong.json")])
     assert again == 0 and "| LoRA | 4 |" in capsys.readouterr().out

@@ -164,12 +164,24 @@ def _lifelong(args: argparse.Namespace) -> int:
             split=args.split,
             memory_size=args.memory,
             value_negatives=args.value_negatives,
+            subject_negatives=args.subject_negatives,
             model=args.model,
             max_countries=args.max_countries,
             timing_rounds=args.timing_rounds,
             eval_all=args.eval_all,
             eval_stride=args.eval_stride,
-            edit=EditConfig(seed=args.seed),
+            edit=EditConfig(
+                seed=args.seed,
+                **{
+                    k: v
+                    for k, v in (
+                        ("memory_threshold", args.memory_threshold),
+                        ("gap_margin", args.gap_margin),
+                        ("stop_rule", args.stop_rule),
+                    )
+                    if v is not None
+                },
+            ),
             baseline=BaselineConfig(seed=args.seed, **baseline) if baseline else None,
             grace=GraceConfig(**({} if args.radius is None else {"radius": args.radius})),
             seed=args.seed,
@@ -667,11 +679,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm-constraint", type=float, default=None, help="FT-L L-inf bound per edit (0: none)")
     p.add_argument("--replay", type=int, default=None, help="FT-L/LoRA memory texts replayed per edit")
     p.add_argument("--radius", type=_positive, default=None, help="GRACE deferral radius")
+    p.add_argument("--memory-threshold", type=float, default=None, help="patches: EditConfig.memory_threshold (-3)")
+    p.add_argument("--gap-margin", type=float, default=None, help="patches: EditConfig.gap_margin (3)")
+    p.add_argument(
+        "--stop-rule",
+        choices=["activation_gap", "memory_plateau"],
+        default=None,
+        help="patches: EditConfig.stop_rule (activation_gap)",
+    )
     p.add_argument(
         "--value-negatives",
         type=int,
         default=0,
         help="extra negatives per edit: same relation and value, other countries",
+    )
+    p.add_argument(
+        "--subject-negatives",
+        type=int,
+        default=0,
+        help="extra negatives per edit: the edit's relation and value rendered about memory countries",
     )
     p.add_argument("--output", default=None, help="directory for lifelong.json and lifelong.md")
     p.add_argument("--plot", default=None, help="write the curve as a PNG")

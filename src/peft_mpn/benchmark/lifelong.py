@@ -18,9 +18,11 @@ countries, then training countries, ordered round-robin over countries so that a
 is labelled with the truth when the base classifier gets it wrong and with the flipped label otherwise
 (counterfactual edits: the benchmark has fewer wrong claims than edits). The memory holds claims about training
 countries that no edit touches; locality uses validation countries. ``split="validation"`` is the tuning run: edits
-about validation countries, locality on claims about training countries kept out of the memory; the test split is
-not touched. Every evaluation reads the [CLS] FFN input of the edited layer, cached once from the original model
-(below that layer every method leaves the model unchanged), and is checked against full forward passes.
+about validation countries (then, for streams longer than the 200 validation claims, about a second quarter of the
+training countries, which then leave the memory), locality on claims about a quarter of the training countries kept
+out of the memory; the test split is not touched. Every evaluation reads the [CLS] FFN input of the edited layer,
+cached once from the original model (below that layer every method leaves the model unchanged), and is checked
+against full forward passes.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +72,9 @@ class LifelongConfig:
         n_negatives: Hard negatives per edit and language (the same country and relation, other values).
         value_negatives: Extra hard negatives per edit and language: claims of the same relation and *value* about
             other countries, taken from the memory's countries (never an evaluation text); 0 for none.
+        subject_negatives: Extra hard negatives per edit and language: the edit with its subject swapped, i.e. the
+            same relation and value rendered about memory countries (`peft_mpn.data.render_claims`; never an
+            evaluation text), whether or not the benchmark has such a claim; 0 for none.
         neighbours: Neighbours (other claims about the same country) measured per record, in every language.
         sharpness: ``MPNConfig.sharpness`` of the patches.
         model: ``None`` for the demo's e5-small classifier (cached), ``"tiny"`` for a random smoke-test model.
@@ -91,6 +98,7 @@ class LifelongConfig:
     memory_size: int = 1000
     n_negatives: int = 3
     value_negatives: int = 0
+    subject_negatives: int = 0
     neighbours: int = 2
     sharpness: float = 10.0
     model: str | None = None
@@ -115,6 +123,10 @@ class LifelongConfig:
                 f"LifelongConfig.points must be whole numbers >= 1, e.g. [1, 10, 100]; got {self.points}."
             )
         self.points = sorted(set(self.points))
+        for name in ("value_negatives", "subject_negatives", "n_negatives"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"LifelongConfig.{name} must be an int >= 0 (negatives per edit), got {value!r}.")
         if self.split not in ("test", "validation"):
             raise ValueError(f"LifelongConfig.split must be 'test' or 'validation', got {self.split!r}.")
         if "en" not in self.train_languages or set(self.train_languages) & set(self.heldout_languages):
@@ -139,6 +151,7 @@ class LifelongConfig:
             "memory_size",
             "n_negatives",
             "value_negatives",
+            "subject_negatives",
             "neighbours",
             "model",
             "max_countries",
@@ -158,6 +171,7 @@ class LifelongData:
     neighbours: list[list[tuple[int | None, list[str]]]]  # per record and neighbour: where it is edited, its texts
     neighbour_labels: list[list[int]]
     available: int  # records the benchmark could supply for this split
+    locality_meta: list[dict[str, str]] = field(default_factory=list)  # per locality text: relation, value, country
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -180,7 +194,7 @@ def build_data(
     Raises:
         ValueError: If the benchmark has fewer records than ``max(points)`` for the split (the message says how many).
     """
-    from ..data import to_edit_records
+    from ..data import render_claims, to_edit_records
 
     common = {"languages": config.languages, "relations": config.relations, "seed": config.seed}
     common["max_countries"] = config.max_countries
@@ -198,8 +212,13 @@ def build_data(
         locality_rows = [r for r in everything if r["meta"]["split"] == "validation"]
     else:
         candidates = _round_robin([r for r in everything if r["meta"]["split"] == "validation"])
-        held_apart = train_countries[: len(train_countries) // 4]  # locality countries, out of the memory
-        memory_pool = [r for r in train if r["meta"]["country"] not in held_apart]
+        quarter = len(train_countries) // 4
+        held_apart = train_countries[:quarter]  # locality countries, out of the memory
+        # a stream longer than the validation claims goes on with the second quarter of the training countries,
+        # which then leave the memory (as the test stream's training countries do); shorter streams keep them in it
+        extension = train_countries[quarter : 2 * quarter] if need > len(candidates) else []
+        candidates += _round_robin([r for r in train if r["meta"]["country"] in extension])
+        memory_pool = [r for r in train if r["meta"]["country"] not in held_apart + extension]
         locality_rows = [r for r in train if r["meta"]["country"] in held_apart]
     available = len(candidates)
     if need > available:
@@ -208,6 +227,7 @@ def build_data(
             f"{config.relations}, {len(config.languages)} languages); ask for points up to {available}."
         )
     chosen = candidates[:need]
+    memory_countries = sorted({r["meta"]["country"] for r in memory_pool})
     base = predict([r["inputs"]["en"] for r in chosen])
     by_value: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in memory_pool:
@@ -220,6 +240,14 @@ def build_data(
         for other in same_value:  # other countries, same relation and value: what a patch must not learn
             for lang, text in other["inputs"].items():
                 negatives.setdefault(lang, []).append(text)
+        if config.subject_negatives:  # the same relation and value about memory countries, rendered
+            rng = random.Random(f"{config.seed}:{row['id']}:subjects")
+            others = rng.sample(memory_countries, min(config.subject_negatives, len(memory_countries)))
+            for swapped in render_claims(
+                row["meta"]["relation"], row["meta"]["value_key"], others, config.train_languages
+            ):
+                for lang, text in swapped.items():
+                    negatives.setdefault(lang, []).append(text)
         records.append(EditRecord.from_dict({**row, "label": label, "negatives": negatives}))
     wrong = sum(p != r["label"] for p, r in zip(base, chosen))
     log(f"{len(records)} records ({wrong} the base gets wrong, {len(records) - wrong} flipped); {available} available")
@@ -232,6 +260,11 @@ def build_data(
         "multi": [t for lang, t in sampled if lang in config.train_languages][: config.memory_size],
     }
     locality = [r["inputs"][lang] for r in locality_rows for lang in config.languages]
+    locality_meta = [
+        {k: r["meta"][k] for k in ("relation", "value_key", "country")} | {"language": lang}
+        for r in locality_rows
+        for lang in config.languages
+    ]
     position = {r.inputs["en"]: i for i, r in enumerate(records)}
     neighbours, neighbour_labels = [], []
     for record in records:
@@ -247,7 +280,7 @@ def build_data(
             ]
         )
         neighbour_labels.append([n["label"] for n in kept])
-    return LifelongData(records, memory, locality, neighbours, neighbour_labels, available)
+    return LifelongData(records, memory, locality, neighbours, neighbour_labels, available, locality_meta)
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -365,19 +398,77 @@ def _inference_ratio(model: torch.nn.Module, base: torch.nn.Module, batch: dict[
     return statistics.median(ratios)
 
 
-def _patch_diagnostics(editor: MPNEditor, reads: torch.Tensor) -> dict[str, Any] | None:
-    """For patch methods: how many locality inputs some patch fires on (pre-activation > 0), and how many at once."""
+def _patch_diagnostics(
+    editor: MPNEditor,
+    reads: torch.Tensor,
+    data: LifelongData,
+    flipped: Sequence[bool],
+) -> dict[str, Any] | None:
+    """For patch methods: which patches fire (pre-activation > 0) on the locality inputs, and on which.
+
+    Besides the counts (inputs some patch fires on, most patches on one input), the false fires are described by
+    the strongest patch on each input: its pre-activation (quantiles over the inputs it fires on, and over the
+    flipped ones), and whether the edit that patch fixes shares the input's relation, value and language (the
+    memory holds claims of every relation, so shared relation is the baseline; shared *value* points at what
+    ``value_negatives`` target).
+    """
     if editor.method not in ("mpn", "tpatcher"):
         return None
     blocks = editor.model.patch_blocks()
-    key = next(iter(blocks.values()))["key"].bank(editor.strategy.adapter_name)
+    bank = next(iter(blocks.values()))["key"].bank(editor.strategy.adapter_name)
     with torch.no_grad():
-        pre = reads @ key.weight().T + key.bias()
+        pre = reads @ bank.weight().T + bank.bias()
     firing = (pre > 0).sum(1)
-    return {
+    out: dict[str, Any] = {
         "inputs_with_a_firing_patch": int((firing > 0).sum()),
         "max_patches_firing_on_one_input": int(firing.max()) if firing.numel() else 0,
     }
+    if not pre.numel() or not data.locality_meta:
+        return out
+    # the record each neuron belongs to (one patch per edit, in stream order; sizes give neurons per patch)
+    owner = torch.arange(bank.num_patches).repeat_interleave(bank.sizes.cpu())
+    top, neuron = pre.max(1)
+    fired = (top > 0).nonzero().flatten().tolist()
+    flips = [i for i in fired if flipped[i]]
+    out["flipped_without_a_firing_patch"] = sum(bool(f) for f in flipped) - len(flips)
+
+    def describe(indices: list[int]) -> dict[str, Any]:
+        if not indices:
+            return {"n": 0}
+        values = top[indices]
+        shared = {"relation": 0, "value": 0}
+        for i in indices:
+            record = data.records[int(owner[neuron[i]])]
+            meta = data.locality_meta[i]
+            shared["relation"] += record.meta.get("relation") == meta["relation"]
+            shared["value"] += (
+                record.meta.get("relation") == meta["relation"] and record.meta.get("value_key") == meta["value_key"]
+            )
+        return {
+            "n": len(indices),
+            "pre_activation_quantiles": [round(float(q), 3) for q in values.quantile(torch.tensor([0.25, 0.5, 0.75]))],
+            "share_same_relation": shared["relation"] / len(indices),
+            "share_same_relation_and_value": shared["value"] / len(indices),
+            "languages": dict(sorted(Counter(data.locality_meta[i]["language"] for i in indices).items())),
+            "patches_involved": len({int(owner[neuron[i]]) for i in indices}),
+        }
+
+    out["false_fires"] = describe(fired)
+    out["flipped_fires"] = describe(flips)
+    hubs = Counter(int(owner[neuron[i]]) for i in fired).most_common(5)  # the patches with most false fires
+    out["top_firing_patches"] = [
+        {
+            "stream_index": index,
+            "fires": fires,
+            "flips": sum(int(owner[neuron[i]]) == index for i in flips),
+            "relation": data.records[index].meta.get("relation"),
+            "value": data.records[index].meta.get("value_key"),
+            "claim_is_true": data.records[index].meta.get("value_key") == data.records[index].meta.get("true_key"),
+            "label": data.records[index].label,
+        }
+        for index, fires in hubs
+    ]
+    return out
 
 
 @torch.no_grad()
@@ -401,7 +492,7 @@ def _threshold_sweep(
     saved = bank.frozen_bias.clone()
     out = {}
     try:
-        for delta in (0.5, 1.0, 2.0):
+        for delta in (0.1, 0.25, 0.5, 1.0, 2.0):
             bank.frozen_bias.copy_(saved - delta)
             after = cache.predict(editor.suffix, data.locality)
             er = cache.predict(editor.suffix, [r.inputs["en"] for r in records])
@@ -502,10 +593,10 @@ def method_rows(
         row["mean_steps"] = statistics.fmean(r.steps for r in results[-len(segment) :]) if segment else 0.0
         editor.model.eval()
         row["inference_ratio"] = _inference_ratio(editor.model, base, timing, config.timing_rounds)
-        diagnostics = _patch_diagnostics(editor, cache.reads[[cache.index[t] for t in data.locality]])
+        flips = [a != b for a, b in zip(after, original["locality"])]
+        diagnostics = _patch_diagnostics(editor, cache.reads[[cache.index[t] for t in data.locality]], data, flips)
         if diagnostics is not None:
-            flipped = sum(a != b for a, b in zip(after, original["locality"]))
-            row["locality_flipped"] = flipped
+            row["locality_flipped"] = sum(flips)
             row.update(diagnostics)
             row["memory_texts"] = editor.memory_size  # every earlier edit joined the memory of later ones
             row["threshold_sweep"] = _threshold_sweep(config, editor, cache, data, records, original)

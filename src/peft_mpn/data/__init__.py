@@ -18,6 +18,7 @@ from .benchmark import (
     build_benchmark,
     build_claims,
     load_templates,
+    render_claims,
     to_edit_records,
     validate_record,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "build_claims",
     "load_countries",
     "load_templates",
+    "render_claims",
     "load_bizsre",
     "load_mzsre",
     "load_xfever",

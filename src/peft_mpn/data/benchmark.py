@@ -743,6 +743,64 @@ def to_edit_records(
     return records
 
 
+def render_claims(
+    relation: str,
+    value_key: str,
+    countries: Sequence[str],
+    languages: Sequence[str],
+    prefix: str = DEFAULT_PREFIX,
+    templates: Mapping[str, Any] | None = None,
+) -> list[dict[str, str]]:
+    """The claim "the ``relation`` of C is ``value_key``" about each country C of ``countries``, in every language.
+
+    Used to swap the subject of an edit: the same relation and value about other countries are the inputs a patch
+    that learnt the value instead of the fact would fire on (see ``LifelongConfig.subject_negatives``). The claims
+    are rendered whatever their truth (a country whose real value is ``value_key`` gets its true claim).
+
+    Args:
+        relation: Relation name.
+        value_key: The value's language-independent key (``Fact.key``, a record's ``meta["value_key"]``).
+        countries: ISO 3166-1 alpha-2 codes.
+        languages: Languages to render; a claim leaves out those its relation, value or country lacks.
+        prefix: Prepended to every text.
+        templates: Parsed templates; None uses the packaged ones.
+
+    Returns:
+        One dict (language -> text) per country, in the order of ``countries``.
+
+    Raises:
+        ValueError: For an unknown relation, a value no country has for it, or an unknown country.
+    """
+    if relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; choose from {RELATIONS}")
+    renderer = _Renderer(templates if templates is not None else load_templates())
+    known = {c.iso2: c for c in load_countries(languages)}
+    fact = next(
+        (c.facts[relation] for c in known.values() if relation in c.facts and c.facts[relation].key == value_key),
+        None,
+    )
+    if fact is None:
+        raise ValueError(f"no country has {relation} {value_key!r}: pass a Fact.key of that relation as value_key.")
+    missing = [iso for iso in countries if iso not in known]
+    if missing:
+        raise ValueError(f"unknown countries {missing}: pass ISO 3166-1 alpha-2 codes.")
+    langs = [lang for lang in relation_languages(relation, languages) if lang in renderer.templates.get(relation, {})]
+    out = []
+    for iso in countries:
+        country = known[iso]
+        out.append(
+            {
+                lang: prefix
+                + renderer.claim(
+                    relation, lang, renderer.country_forms(iso, country.names[lang], lang), fact.values[lang]
+                )
+                for lang in langs
+                if fact.values.get(lang) and country.names.get(lang)
+            }
+        )
+    return out
+
+
 def validate_record(record: Mapping[str, Any], languages: Sequence[str] | None = None) -> None:
     """Check one edit record against the schema.
 
