@@ -22,7 +22,7 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples benchmarks
-	$(VENV)/bin/ruff format --check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks README.md docs
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples benchmarks
