@@ -233,6 +233,18 @@ def load_or_train_base(
     return model.eval(), tokenizer, {**info, "cache": f"{key} (trained in this run)"}
 
 
+def _pair(record: EditRecord) -> tuple[Any, Any]:
+    return record.meta.get("country"), record.meta.get("relation")
+
+
+def _first_per_pair(records: list[EditRecord]) -> list[EditRecord]:
+    """The first record of each (country, relation), in order."""
+    first: dict[tuple[Any, Any], EditRecord] = {}
+    for record in records:
+        first.setdefault(_pair(record), record)
+    return list(first.values())
+
+
 def _split_data(
     config: ExperimentConfig,
     bench: Any,
@@ -252,11 +264,10 @@ def _split_data(
     if config.split == "validation":
         # One edit per country and relation, so that the other claims about it stay neighbours that must not move:
         # the claim the base gets wrong, else one it gets right with the label flipped (a counterfactual edit).
-        pair = lambda r: (r.meta.get("country"), r.meta.get("relation"))  # noqa: E731
-        records = list({pair(r): r for r in reversed(records)}.values())[::-1]
-        taken = {pair(r) for r in records}
-        right = [r for r, p in zip(candidates, english) if p == r.label and pair(r) not in taken]
-        flipped = [replace(r, label=1 - r.label) for r in {pair(r): r for r in reversed(right)}.values()][::-1]
+        records = _first_per_pair(records)
+        taken = {_pair(r) for r in records}
+        right = [r for r, p in zip(candidates, english) if p == r.label and _pair(r) not in taken]
+        flipped = [replace(r, label=1 - r.label) for r in _first_per_pair(right)]
         n_wrong = min(len(records), config.n_edits)
         records = (records + flipped)[: config.n_edits]
         log(f"edit set: {len(records)} validation claims ({n_wrong} the base gets wrong, the others flipped)")
@@ -268,7 +279,7 @@ def _split_data(
         records = records[: config.n_edits]
         log(f"edit set: {len(records)} {config.split} claims the base gets wrong in English (of {len(candidates)})")
     if not records:
-        raise ValueError("the base classifier gets every English test claim right: nothing to edit.")
+        raise ValueError(f"the base classifier gets every English {config.split} claim right: nothing to edit.")
     # Memory: training claims, never evaluation items. (Validation claims, which the base never saw, gave worse
     # locality in a 40-edit run: retain 0.57 against 0.65 for T-Patcher.)
     step = max(1, len(pool) // max(config.memory_size, 1))
