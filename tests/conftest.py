@@ -213,8 +213,10 @@ def lm_translate(text: str, lang: str) -> str:
     return " ".join(w if w in LM_ENTITIES else f"{w}_{lang}" for w in text.split())
 
 
-def make_tiny_lm(arch: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
-    """A tiny random causal LM (2 layers, width 64) whose 'translated' words start near their English ones.
+def make_tiny_lm(arch: str, vocab_size: int, seed: int = 0, layers: int = 2) -> torch.nn.Module:
+    """A tiny random causal LM (``layers`` layers, width 64) whose 'translated' words start near their English ones.
+
+    With 3 or more layers, Gemma 2 and 3 alternate sliding-window (window 3) and global attention layers.
 
     The initialiser range is 0.3 rather than the usual 0.02: at 0.02 a random 2-layer model has nearly flat
     next-token logits and nearly identical hidden states, so any change flips its argmax and no patch could single
@@ -226,20 +228,27 @@ def make_tiny_lm(arch: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
         common,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
     )
+    windows = (
+        dict(sliding_window=3, layer_types=[("sliding_attention", "full_attention")[i % 2] for i in range(layers)])
+        if layers > 2
+        else {}
+    )
     configs = {
-        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, **common)),
+        "gpt2": lambda: tf.GPT2LMHeadModel(
+            tf.GPT2Config(n_embd=64, n_layer=layers, n_head=4, n_positions=64, **common)
+        ),
         "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**gated)),
         "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**gated)),
         "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**gated)),
-        "bloom": lambda: tf.BloomForCausalLM(tf.BloomConfig(hidden_size=64, n_layer=2, n_head=4, **common)),
+        "bloom": lambda: tf.BloomForCausalLM(tf.BloomConfig(hidden_size=64, n_layer=layers, n_head=4, **common)),
         "gemma": lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**gated, head_dim=16)),
         # Gemma 2 and 3 and OLMo 2 normalise the MLP output before the residual add; Gemma 2 soft-caps its logits.
-        "gemma2": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(**gated, head_dim=16)),
-        "gemma3_text": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**gated, head_dim=16)),
+        "gemma2": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(**gated, head_dim=16, **windows)),
+        "gemma3_text": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**gated, head_dim=16, **windows)),
         "olmo2": lambda: tf.Olmo2ForCausalLM(tf.Olmo2Config(**gated)),
     }
     model = configs[arch]()

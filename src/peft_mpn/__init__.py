@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .tasks.classification.editor import EditResult, MPNEditor
     from .tasks.generation.collator import EncodedEdit, GenerationEditCollator
     from .tasks.generation.editor import CausalLMEditor, GenerationEditResult
-    from .tasks.generation.fastpath import LMSuffix
+    from .tasks.generation.fastpath import LMLayerSuffix, LMSuffix
     from .tuner.config import FFN_PRESETS, FFNPreset, MPNConfig
     from .tuner.layer import MPNLayer, PatchBank
     from .tuner.model import MPNModel
@@ -54,6 +54,7 @@ _EXPORTS = {
     "GenerationEditCollator": "tasks.generation.collator",
     "CausalLMEditor": "tasks.generation.editor",
     "GenerationEditResult": "tasks.generation.editor",
+    "LMLayerSuffix": "tasks.generation.fastpath",
     "LMSuffix": "tasks.generation.fastpath",
     "FFN_PRESETS": "tuner.config",
     "FFNPreset": "tuner.config",
@@ -133,6 +134,7 @@ __all__ = [
     "GenerationEditCollator",
     "GenerationEditRecord",
     "GenerationEditResult",
+    "LMLayerSuffix",
     "LMSuffix",
     "read_generation_records",
     "write_generation_records",

@@ -350,11 +350,13 @@ def _report(args: argparse.Namespace) -> int:
 
 
 GENERATION_DEFAULTS = {
+    "relations": ["capital"],
     "train_languages": ["en", "fr"],
     "heldout_languages": ["de", "es", "ru", "ar", "zh", "ja", "hi"],
     "n_edits": 6,
 }
 CLASSIFICATION_DEFAULTS = {
+    "relations": list(DEMO["relations"]),
     "train_languages": list(DEMO["train_languages"]),
     "heldout_languages": list(DEMO["heldout_languages"]),
     "n_edits": 100,
@@ -442,6 +444,7 @@ def _demo_generation(args: argparse.Namespace) -> int:
         args.split,
         args.n_edits,
         languages,
+        relations=args.relations,
         seed=args.seed,
         tokenizer=tokenizer,
         max_target_tokens=args.max_target_tokens,
@@ -451,6 +454,10 @@ def _demo_generation(args: argparse.Namespace) -> int:
         n_examples=2,
         train_languages=args.train_languages,
         heldout_languages=args.heldout_languages,
+        patch_layer=args.patch_layer,
+        sharpness=args.sharpness,
+        split_spellings=args.split_spellings,
+        prompt_negatives=args.prompt_negatives,
         edit=EditConfig(
             seed=args.seed,
             max_steps=args.max_steps,
@@ -721,7 +728,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(the llm extra) or --model, a local causal LM directory",
     )
     p.add_argument("--model", default=None, help=model_help)
-    p.add_argument("--relations", type=_csv, default=DEMO["relations"])
+    p.add_argument(
+        "--relations",
+        type=_csv,
+        default=None,
+        help=f"benchmark relations (default: {','.join(DEMO['relations'])}; generation: capital, the edits are one "
+        "per country, of the first relation; the others give same-country neighbours)",
+    )
     p.add_argument(
         "--train-languages",
         type=_csv,
@@ -748,6 +761,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=300,
         help="generation: step cap of a patch edit (EditConfig.max_steps; bounds an edit that does not converge)",
+    )
+    p.add_argument(
+        "--patch-layer",
+        type=int,
+        default=None,
+        help="generation: the layer T-Patcher's and MPN's patches go into (negative: from the end; default: the last)",
+    )
+    p.add_argument(
+        "--split-spellings",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="generation: one MPN neuron per spelling where the training languages' targets differ "
+        "(--no-split-spellings: one neuron per target position, shared by every language)",
+    )
+    p.add_argument(
+        "--prompt-negatives",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="generation: patches must also stay silent on the edit prompt's positions before the answer",
     )
     p.add_argument("--memory-size", type=int, default=1000)
     p.add_argument("--max-countries", type=int, default=None)

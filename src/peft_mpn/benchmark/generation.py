@@ -42,6 +42,7 @@ from ..editing.losses import EditConfig
 from ..tasks.generation.collator import EncodedEdit, GenerationEditCollator
 from ..tasks.generation.editor import CausalLMEditor
 from ..tasks.generation.generate import batched_greedy, teacher_forced_scores
+from ..tuner.config import MPNConfig
 
 
 LABELS = {"tpatcher": "T-Patcher", "mpn": "MPN", "ft": "FT-L", "lora": "LoRA"}
@@ -76,6 +77,15 @@ class GenerationExperimentConfig:
             and LoRA on these too.
         heldout_languages: Languages no method trains on (reported apart).
         edit: The patches' `EditConfig`.
+        patch_layer: The layer T-Patcher's and MPN's patches go into (``None``: the last one, Transformer-Patcher's
+            choice; a negative index counts from the end). Below the last layer the editor trains on the cached
+            input of that layer and reruns only the layers above it (`LMLayerSuffix`).
+        split_spellings: MPN gives each spelling of a target token its own neuron where the training languages
+            disagree (`CausalLMEditor`'s ``split_spellings``).
+        sharpness: T-Patcher's and MPN's patch units, ``(v / s) * act(s * (k . x + b))`` (`MPNConfig.sharpness`, 10 by
+            default; 1 is the model's own FFN unit).
+        prompt_negatives: T-Patcher's and MPN's memory loss also covers the edit prompt's positions before the answer
+            (`CausalLMEditor`'s ``prompt_negatives``).
         baselines: ``method -> BaselineConfig`` for FT-L and LoRA (default ``BaselineConfig.for_method``).
         continuation_tokens: Tokens of the original model's greedy continuation that locality compares.
         n_examples: Records whose greedy generations before and after go into the examples table.
@@ -87,6 +97,10 @@ class GenerationExperimentConfig:
     train_languages: list[str] = field(default_factory=lambda: ["en", "fr"])
     heldout_languages: list[str] = field(default_factory=lambda: ["de", "es", "ru", "ar", "zh"])
     edit: EditConfig = field(default_factory=EditConfig)
+    patch_layer: int | None = None
+    split_spellings: bool = True
+    sharpness: float = 10.0
+    prompt_negatives: bool = False
     baselines: dict[str, BaselineConfig] = field(default_factory=dict)
     continuation_tokens: int = 4
     n_examples: int = 2
@@ -340,6 +354,7 @@ def run_generation_experiment(
         languages = ["en"] if method == "tpatcher" else config.train_languages
         memory = [m["text"] for m in data.memory if m["lang"] in languages]
         torch.manual_seed(config.seed)
+        layer = _patch_layer(config.patch_layer, model) if method in ("tpatcher", "mpn") else None
         editor = CausalLMEditor(
             copy.deepcopy(model),
             tokenizer,
@@ -348,6 +363,12 @@ def run_generation_experiment(
             method=method,
             config=copy.deepcopy(config.edit),
             baseline=config.baseline(method) if method in ("ft", "lora") else None,
+            mpn_config=MPNConfig(layers_to_transform=None if layer is None else [layer], sharpness=config.sharpness),
+            **(
+                {"split_spellings": config.split_spellings, "prompt_negatives": config.prompt_negatives}
+                if method in ("tpatcher", "mpn")
+                else {}
+            ),
             progress=progress,
         )
         t0 = time.perf_counter()
@@ -463,6 +484,23 @@ MEMORY_SENTENCES: list[tuple[str, str]] = [
     ("ar", "أحب قراءة الكتب في المساء."),
     ("zh", "我们明天早上去公园散步。"),
 ]
+
+
+def _patch_layer(layer: int | None, model: torch.nn.Module) -> int | None:
+    """``GenerationExperimentConfig.patch_layer`` as a layer index of ``model`` (``None``: the last layer)."""
+    if layer is None:
+        return None
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not isinstance(n, int):
+        raise ValueError(
+            f"GenerationExperimentConfig.patch_layer={layer} needs config.num_hidden_layers, which "
+            f"{type(model).__name__} lacks; leave patch_layer None (the last layer)."
+        )
+    if not -n <= layer < n:
+        raise ValueError(
+            f"GenerationExperimentConfig.patch_layer must be in [{-n}, {n - 1}] for this model, got {layer}."
+        )
+    return layer % n
 
 
 def counterfactual_data(

@@ -12,8 +12,9 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from conftest import LM_ARCHS, lm_edit_records, lm_sentences, lm_translate, lm_word_tokenizer, make_tiny, make_tiny_lm
-from peft_mpn import FFN_PRESETS, CausalLMEditor, EditConfig, LMSuffix, MPNConfig, MPNLayer
+from peft_mpn import FFN_PRESETS, CausalLMEditor, EditConfig, LMLayerSuffix, LMSuffix, MPNConfig, MPNLayer
 from peft_mpn.editing.fastpath import FastPathUnsupported
+from peft_mpn.tasks.generation.collator import pad_right
 
 
 ROLES = {
@@ -115,16 +116,57 @@ def test_adapter_save_load_round_trip(arch, tmp_path):
         assert torch.allclose(again(input_ids=ids).logits, editor.model(input_ids=ids).logits, atol=1e-6)
 
 
-def test_suffix_needs_the_last_layer():
+def test_suffix_needs_the_last_layer_and_the_layer_suffix_one_above_the_first():
     tokenizer = lm_word_tokenizer()
     model = get_peft_model(make_tiny_lm("llama", len(tokenizer)), MPNConfig(layers_to_transform=[0]))
     parts = next(iter(model.patch_blocks().values()))
     with pytest.raises(FastPathUnsupported, match="last layer"):
         LMSuffix(model, parts)
+    with pytest.raises(FastPathUnsupported, match="above the first layer"):
+        LMLayerSuffix(model, parts)
     editor = CausalLMEditor(model, tokenizer, progress=False)  # fast=None: the full model instead
     assert not editor.fast
     with pytest.raises(FastPathUnsupported, match="fast=False"):
         CausalLMEditor(model, tokenizer, fast=True)
+
+
+def layer_editor_for(arch: str, **kwargs) -> CausalLMEditor:
+    """An editor of a 3-layer tiny LM patched in its middle layer (Gemma 2 and 3: sliding-window attention there)."""
+    tokenizer = lm_word_tokenizer(bos=arch in ("llama", "mistral", "gemma", "gemma2", "gemma3_text"))
+    memory = [lm_translate(s, lang) for s in lm_sentences(60, seed=11) for lang in ("en", "fr")]
+    model = get_peft_model(make_tiny_lm(arch, len(tokenizer), layers=3), MPNConfig(layers_to_transform=[1]))
+    return CausalLMEditor(model, tokenizer, ["en", "fr"], memory, config=EditConfig(lr=3e-2), progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("arch", LM_ARCHS)
+def test_layer_fast_path_equals_the_full_model_and_edits(arch):
+    record = lm_edit_records(1, seed=12)[0]
+    fast, full = layer_editor_for(arch), layer_editor_for(arch, fast=False)
+    assert isinstance(fast.suffix, LMLayerSuffix) and not full.fast
+    assert fast.initial_losses(record) == pytest.approx(full.initial_losses(record), rel=1e-4, abs=1e-5)
+    assert fast.fast and fast.model.num_patches() == 0  # the check against the full model passed
+    result = fast.edit(record)
+    assert result.success and result.generated["fr"]
+    assert fast.fast and fast.model.num_patches() == 1
+
+
+def test_layer_fast_path_logits_match_the_full_model_with_sliding_windows_and_padding():
+    editor = layer_editor_for("gemma3_text")
+    assert editor.model.config.layer_types[:3] == ["sliding_attention", "full_attention", "sliding_attention"]
+    editor.model.add_patch(2, key=torch.randn(2, 64), bias=0.5, value=torch.randn(2, 64))
+    sequences = [editor.collator.text_ids(s) for s in lm_sentences(3, seed=5, low=4, high=9)]
+    states = editor.suffix.capture(sequences, editor.pad_id)
+    positions = [list(range(len(s))) for s in sequences]
+    logits, pre = editor.suffix.run(states, [2, 0], [positions[2], positions[0]])
+    ids, mask = pad_right(sequences, editor.pad_id)
+    with torch.no_grad(), editor.model.capture_activations() as captured:
+        full = editor.model(input_ids=ids, attention_mask=mask).logits
+    full_pre = next(iter(captured.values()))[..., -2:]
+    for got, got_pre, row in zip(logits, pre, [2, 0]):
+        n = len(sequences[row])
+        assert torch.allclose(got, full[row, :n], atol=1e-5) and torch.allclose(got_pre, full_pre[row, :n], atol=1e-5)
+    assert max(map(len, sequences)) > 3  # longer than the sliding window
+    assert [type(layer).__name__ for layer in editor.suffix.layers] == ["Gemma3DecoderLayer"] * 3  # put back
 
 
 def test_gemma3_preset_disable_is_exact_and_a_standard_merge_says_why_not():

@@ -9,7 +9,7 @@ from peft import PeftModel
 from conftest import LM_LANGS, lm_edit_records, lm_sentences, lm_translate, lm_word_tokenizer, make_tiny_lm
 from peft_mpn import CausalLMEditor, EditConfig, GenerationEditRecord
 from peft_mpn.editing.fastpath import FastPathUnsupported
-from peft_mpn.tasks.generation.editor import assign_neurons
+from peft_mpn.tasks.generation.editor import assign_neurons, split_by_spelling
 
 
 CONFIG = EditConfig(lr=3e-2)  # T-Patcher's 1e-2 works too, in about three times the steps
@@ -115,6 +115,22 @@ def test_long_targets_share_neurons_in_runs():
     result = editor.edit(record)
     assert result.neurons == 2 and editor.model.peft_config["default"].patch_sizes == {"model.layers.1": [2]}
     assert result.success
+
+
+def test_split_spellings_gives_each_first_token_its_own_neuron():
+    assert split_by_spelling({"en": [0, 1], "fr": [0, 1]}, {"en": [7, 8], "fr": [9, 8]}, 5) == (
+        {"en": [0, 2], "fr": [1, 2]},
+        3,
+    )
+    assert split_by_spelling({"en": [0, 1], "fr": [0]}, {"en": [7, 8], "fr": [7]}, 5) == ({"en": [0, 1], "fr": [0]}, 2)
+    many = {"en": [0, 1, 2], "fr": [0, 1, 2]}, {"en": [1, 2, 3], "fr": [4, 5, 6]}
+    assert split_by_spelling(*many, 5) == (many[0], 3)  # 6 spellings > 5 neurons: as assigned
+    record = lm_edit_records(1, seed=9)[0]
+    record["target"]["fr"] = " E9 " + record["target"]["en"].split()[1]  # fr spells the first token differently
+    for split, neurons in ((False, 2), (True, 3)):
+        editor, _ = make_editor("llama", split_spellings=split)
+        result = editor.edit(record)
+        assert result.neurons == neurons and result.success and result.generated["fr"], (split, result)
 
 
 def test_checkpoint_resume_continues_the_stream(tmp_path):

@@ -34,7 +34,7 @@ from ...editing.stopping import StepStats, stats_of
 from ...tuner.config import MPNConfig
 from ...utils.checks import is_int
 from .collator import EncodedEdit, GenerationEditCollator, pad_right
-from .fastpath import LMSuffix
+from .fastpath import CachedStates, LMLayerSuffix, LMSuffix, NotLastLayer
 from .generate import greedy_generate, model_device, teacher_forced_predictions
 from .metrics import token_accuracy, token_agreement
 
@@ -75,6 +75,8 @@ class _LanguageRows:
     positions: torch.Tensor  # (p,) indices into the target of the positions a neuron must fire at
     neurons: torch.Tensor  # (p,) the neuron of each of those positions
     x: torch.Tensor | None = None  # (t, d_in) fast path: FFN inputs at the target positions
+    row: int = 0  # the row of this language in the edit's cached states (the layer fast path)
+    prefix: torch.Tensor | None = None  # (p, d_in) FFN inputs at the prompt positions before the answer position
     z: torch.Tensor | None = None  # (t, d_model) fast path: final-norm inputs there (see CachedStates)
     m: torch.Tensor | None = None  # (t, d_model) fast path, post-MLP-norm models: MLP outputs there
 
@@ -90,6 +92,47 @@ def assign_neurons(wrong: Sequence[int], n_neurons: int) -> list[int]:
         [0, 1]
     """
     return [rank * n_neurons // len(wrong) if len(wrong) > n_neurons else rank for rank in range(len(wrong))]
+
+
+def _patch_suffix(model: nn.Module, parts: dict[str, nn.Module], adapter_name: str) -> LMSuffix | LMLayerSuffix:
+    """The fast path of a patch: `LMSuffix` in the last layer, `LMLayerSuffix` in an earlier one."""
+    try:
+        return LMSuffix(model, parts, adapter_name)
+    except NotLastLayer:
+        return LMLayerSuffix(model, parts, adapter_name)
+
+
+def split_by_spelling(
+    assigned: dict[str, list[int]], first_tokens: dict[str, list[int]], max_neurons: int
+) -> tuple[dict[str, list[int]], int]:
+    """One neuron per (neuron, token) pair: languages whose runs of a neuron start with different tokens get their
+    own neuron, so that no value vector is asked for two tokens at once; languages that agree share it.
+
+    Args:
+        assigned: Language -> the neuron of each wrong position (:func:`assign_neurons`), languages in order.
+        first_tokens: Language -> the target token at each of those positions.
+        max_neurons: Most neurons; with more (neuron, token) pairs than that, ``assigned`` is kept as it is.
+
+    Returns:
+        ``(language -> the new neuron of each wrong position, the number of neurons)``.
+
+    Example:
+        >>> split_by_spelling({"en": [0, 1], "fr": [0, 1]}, {"en": [7, 8], "fr": [9, 8]}, 5)
+        ({'en': [0, 2], 'fr': [1, 2]}, 3)
+    """
+    groups: dict[tuple[int, int], None] = {}
+    keys: dict[str, list[tuple[int, int]]] = {}
+    for lang, neurons in assigned.items():
+        start = {}  # the token at the first position of each neuron's run in this language
+        for neuron, token in zip(neurons, first_tokens[lang]):
+            start.setdefault(neuron, token)
+        keys[lang] = [(neuron, start[neuron]) for neuron in neurons]
+        groups.update(dict.fromkeys(keys[lang]))
+    count = max((max(n) + 1 for n in assigned.values() if n), default=0)
+    if len(groups) > max_neurons or len(groups) == count:
+        return assigned, count
+    order = {key: i for i, key in enumerate(sorted(groups, key=lambda k: (k[0], list(groups).index(k))))}
+    return {lang: [order[key] for key in keys[lang]] for lang in assigned}, len(groups)
 
 
 class CausalLMEditor(Editor):
@@ -127,6 +170,11 @@ class CausalLMEditor(Editor):
             position).
         max_neurons: Most neurons per edit (Transformer-Patcher: 5). With more wrong target tokens than that, the
             wrong positions are split into ``max_neurons`` runs of consecutive positions, one neuron per run.
+        split_spellings: Where training languages spell the target differently ("Yerevan", "Erevan"), give each
+            token its own neuron (:func:`split_by_spelling`, within ``max_neurons``) instead of asking one neuron's
+            value vector for both.
+        prompt_negatives: Count the edit prompt's own positions before the answer position ("Country: India\n...")
+            as memory positions too, so that a neuron fires on the question, not on any text about its subject.
         memory_hard_k: The memory loss looks at the ``memory_hard_k`` most active (position, neuron) pairs of the
             memory each step (``None``: all of them). A token-level memory holds thousands of positions, and in a
             mean over all of them the few positions where the neuron still fires hardly count; on the tiny test
@@ -164,6 +212,8 @@ class CausalLMEditor(Editor):
         method: str = "mpn",
         config: EditConfig | None = None,
         max_neurons: int = 5,
+        split_spellings: bool = True,
+        prompt_negatives: bool = False,
         memory_hard_k: int | None = 64,
         fast: bool | None = None,
         adapter_name: str = "default",
@@ -187,6 +237,8 @@ class CausalLMEditor(Editor):
             )
         languages = training_languages(languages, english_only=method == "tpatcher")
         self.max_neurons = max_neurons
+        self.split_spellings = bool(split_spellings)
+        self.prompt_negatives = bool(prompt_negatives)
         self.memory_hard_k = memory_hard_k
         self.adapter_name = adapter_name
         strategy = make_strategy(
@@ -205,13 +257,14 @@ class CausalLMEditor(Editor):
         positions = getattr(getattr(strategy.model, "config", None), "max_position_embeddings", None)
         collator.positions = positions if is_int(positions, least=1) else None  # learned positions end there
         self._setup(strategy, tokenizer, collator, method=method, config=config, progress=progress)
-        self.suffix: LMSuffix | None = None
+        self.suffix: LMSuffix | LMLayerSuffix | None = None
         self._fast_requested = fast
         self._verified = False
+        self._states: CachedStates | None = None  # the layer fast path: the current edit's cached layer inputs
         if fast is not False:
             try:
                 if self.uses_patch:
-                    self.suffix = LMSuffix(self.model, strategy.parts, adapter_name)
+                    self.suffix = _patch_suffix(self.model, strategy.parts, adapter_name)
                 else:
                     self.suffix = LMSuffix(self.model, {"key": strategy.key_module}, whole_mlp=True)
             except FastPathUnsupported:
@@ -420,10 +473,15 @@ class CausalLMEditor(Editor):
         n = min(max(len(w) for w in wrong.values()), self.max_neurons)
         if n == 0:
             return None
+        assigned = {lang: assign_neurons(w, n) for lang, w in wrong.items()}
+        if self.split_spellings:
+            tokens = {lang: [encoded[lang].target_ids[j] for j in w] for lang, w in wrong.items()}
+            assigned, n = split_by_spelling(assigned, tokens, self.max_neurons)
         if self.suffix is not None:
             self._sync_memory()
             states = self.suffix.capture(sequences, self.pad_id)
             hidden = states.x
+            self._states = states if isinstance(self.suffix, LMLayerSuffix) else None
         else:
             ids, mask = pad_right(sequences, self.pad_id)
             device = model_device(self.model)
@@ -435,9 +493,11 @@ class CausalLMEditor(Editor):
                 encoded=enc,
                 target=torch.tensor(enc.target_ids, device=hidden.device),
                 positions=torch.tensor(wrong[lang], dtype=torch.long, device=hidden.device),
-                neurons=torch.tensor(assign_neurons(wrong[lang], n), dtype=torch.long, device=hidden.device),
+                neurons=torch.tensor(assigned[lang], dtype=torch.long, device=hidden.device),
                 x=hidden[row, at],
-                z=states.z[row, at] if self.suffix is not None else None,
+                row=row,
+                prefix=hidden[row, : enc.target_positions[0]] if self.prompt_negatives else None,
+                z=states.z[row, at] if self.suffix is not None and states.z is not None else None,
                 m=states.m[row, at] if self.suffix is not None and states.m is not None else None,
             )
         check_finite_input(hidden, record.id)
@@ -498,7 +558,10 @@ class CausalLMEditor(Editor):
         """
         with torch.no_grad():
             lang = self.languages[0]
-            fast_logits, _ = self._fast_logits(rows[lang].x, rows[lang].z, rows[lang].m)
+            if isinstance(self.suffix, LMLayerSuffix):
+                fast_logits = self._layer_logits(rows, [lang])[0][lang]
+            else:
+                fast_logits, _ = self._fast_logits(rows[lang].x, rows[lang].z, rows[lang].m)
             encoded = rows[lang].encoded
             ids, mask = pad_right([encoded.ids], self.pad_id)
             device = model_device(self.model)
@@ -531,7 +594,10 @@ class CausalLMEditor(Editor):
     def _step(self, rows: dict[str, _LanguageRows], step: int) -> tuple[LossParts, StepStats]:
         weights = self.collator.step_weights(step)
         languages = list(weights)
-        if self.suffix is not None:
+        if isinstance(self.suffix, LMLayerSuffix):
+            logits_by, pre_by = self._layer_logits(rows, languages)
+            memory_acts = self._fast_memory_acts(step)
+        elif self.suffix is not None:
             x = torch.cat([rows[lang].x for lang in languages])
             z = torch.cat([rows[lang].z for lang in languages])
             m = torch.cat([rows[lang].m for lang in languages]) if rows[languages[0]].m is not None else None
@@ -546,7 +612,17 @@ class CausalLMEditor(Editor):
             logits_by, pre_by, memory_acts = self._full_forward(rows, languages, step)
             if not self.uses_patch:
                 return self._baseline_losses(rows, weights, logits_by)
+        if self.prompt_negatives and self.uses_patch:
+            prefix = self._prefix_acts(rows, languages)
+            memory_acts = torch.cat([memory_acts.to(prefix.dtype), prefix])
         return self._losses(rows, weights, logits_by, pre_by, memory_acts)
+
+    def _prefix_acts(self, rows: dict[str, _LanguageRows], languages: list[str]) -> torch.Tensor:
+        """Pre-activations ``(p, n)`` of the new patch at the edit prompts' positions before the answer position."""
+        bank = self.strategy.parts["key"].bank(self.adapter_name)
+        key, bias = bank.weights[-1], bank.biases[-1]
+        x = torch.cat([rows[lang].prefix for lang in languages])
+        return x.to(key.dtype) @ key.T + bias
 
     def _edit_loss(self, rows, weights, logits_by) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The edit loss over the step's languages, each counting ``weights[lang]`` whatever its target length,
@@ -570,6 +646,14 @@ class CausalLMEditor(Editor):
             replay = torch.nn.functional.kl_div(current, target, reduction="batchmean", log_target=True)
             parts = LossParts(e + self.strategy.baseline.replay_weight * replay, e, zero, replay)
         return parts, stats_of(parts, logits, labels, None, None)
+
+    def _layer_logits(
+        self, rows: dict[str, _LanguageRows], languages: list[str]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The layer fast path: logits and the new patch's pre-activations at each language's target positions."""
+        at = [rows[lang].encoded.target_positions for lang in languages]
+        logits, pre = self.suffix.run(self._states, [rows[lang].row for lang in languages], at)
+        return dict(zip(languages, logits)), dict(zip(languages, pre))
 
     def _fast_memory_acts(self, step: int) -> torch.Tensor:
         patch_bias = self.suffix.newest()["bias"]

@@ -56,6 +56,10 @@ class _Stop(Exception):
     """Ends a forward pass once the FFN input is captured."""
 
 
+class NotLastLayer(FastPathUnsupported):
+    """`LMSuffix` needs the patch in the last layer; `LMLayerSuffix` runs a patch below it."""
+
+
 @dataclass
 class CachedStates:
     """Cached states of a batch of sequences.
@@ -67,12 +71,16 @@ class CachedStates:
         mask: ``(batch, tokens)`` attention mask.
         m: ``(batch, tokens, d_model)`` the patched MLP's output without the new patch, where the layer normalises
             it before the residual add (else ``None``).
+        ids: ``(batch, tokens)`` the token ids (:class:`LMLayerSuffix`, which reruns the layers from the patched one).
+        h: ``(batch, tokens, d_model)`` the input of the patched layer (:class:`LMLayerSuffix`).
     """
 
     x: torch.Tensor
     z: torch.Tensor | None
     mask: torch.Tensor
     m: torch.Tensor | None = None
+    ids: torch.Tensor | None = None
+    h: torch.Tensor | None = None
 
 
 def _find(module: nn.Module, names: Sequence[str]) -> nn.Module | None:
@@ -82,7 +90,32 @@ def _find(module: nn.Module, names: Sequence[str]) -> nn.Module | None:
     return None
 
 
-class LMSuffix:
+class _NewestPatch:
+    """The newest patch's tensors and its pre-activations on cached FFN inputs (both suffixes)."""
+
+    parts: dict[str, nn.Module]
+    adapter_name: str
+
+    def newest(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors of the newest patch: ``key``, ``bias``, ``value`` and, for gated MLPs, ``up``,
+        ``up_bias``."""
+        key = self.parts["key"].bank(self.adapter_name)
+        value = self.parts["value"].bank(self.adapter_name)
+        if len(key.weights) == 0:
+            raise ValueError("the newest patch is frozen (or there is none): add_patch() before training it.")
+        tensors = {"key": key.weights[-1], "bias": key.biases[-1], "value": value.weights[-1]}
+        if "up" in self.parts:
+            up = self.parts["up"].bank(self.adapter_name)
+            tensors.update(up=up.weights[-1], up_bias=up.biases[-1])
+        return tensors
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``K x + b`` of the newest patch: ``(..., n)``."""
+        patch = self.newest()
+        return x.to(patch["key"].dtype) @ patch["key"].T + patch["bias"]
+
+
+class LMSuffix(_NewestPatch):
     """Runs a causal LM from its last FFN block on cached states.
 
     Args:
@@ -126,7 +159,7 @@ class LMSuffix:
         indices = {layer_index(n) for n, _ in base.named_modules() if n.count(".") == depth}
         last = max((i for i in indices if i is not None), default=-1)
         if index is None or index != last:
-            raise FastPathUnsupported(
+            raise NotLastLayer(
                 f"the generation fast path needs the patch in the last layer, but {key_name!r} is not; pass "
                 "fast=False."
             )
@@ -247,24 +280,6 @@ class LMSuffix:
         return self._head((z + self._post(out).float()).to(out.dtype))
 
     # ------------------------------------------------------------------ the newest patch
-    def newest(self) -> dict[str, torch.Tensor]:
-        """The trainable tensors of the newest patch: ``key``, ``bias``, ``value`` and, for gated MLPs, ``up``,
-        ``up_bias``."""
-        key = self.parts["key"].bank(self.adapter_name)
-        value = self.parts["value"].bank(self.adapter_name)
-        if len(key.weights) == 0:
-            raise ValueError("the newest patch is frozen (or there is none): add_patch() before training it.")
-        tensors = {"key": key.weights[-1], "bias": key.biases[-1], "value": value.weights[-1]}
-        if "up" in self.parts:
-            up = self.parts["up"].bank(self.adapter_name)
-            tensors.update(up=up.weights[-1], up_bias=up.biases[-1])
-        return tensors
-
-    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """``K x + b`` of the newest patch: ``(..., n)``."""
-        patch = self.newest()
-        return x.to(patch["key"].dtype) @ patch["key"].T + patch["bias"]
-
     def logits(
         self, x: torch.Tensor, z: torch.Tensor, m: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,3 +319,152 @@ class LMSuffix:
         else:
             hidden = (z + self.post_norm(m + delta.to(m.dtype)).float()).to(m.dtype)
         return self._head(hidden), pre
+
+
+class _Replay(nn.Module):
+    """Stands in for a decoder layer below the patched one: returns that layer's cached output."""
+
+    def __init__(self, output: object) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, *_args: object, **_kwargs: object) -> object:
+        return self.output
+
+
+class LMLayerSuffix(_NewestPatch):
+    """Runs a causal LM from a patched layer below the last one, on the cached input of that layer.
+
+    A patch deeper in the network leaves every layer above it to turn its change into tokens, in each prompt's
+    language. Nothing below the patched layer changes during an edit, so its input ``h`` is cached once per edit
+    (:meth:`capture`); each step reruns the model with the layers below the patched one swapped for modules that
+    return ``h`` (:class:`_Replay`), so that the model's own embeddings, attention masks (causal, sliding window) and
+    rotary position embeddings are used as they are, and the LM head runs only at the target positions
+    (``logits_to_keep``). The memory needs only the patched FFN's input, as in :class:`LMSuffix`.
+
+    Args:
+        model: The ``PeftModel`` whose adapter patches one FFN block, in any layer but the first.
+        parts: That block's wrappers (``{"key": MPNLayer, "value": MPNLayer, ("up": MPNLayer)}``).
+        adapter_name: The adapter being edited.
+
+    Raises:
+        FastPathUnsupported: If the patch is in the first layer, or its layers are not an ``nn.ModuleList``.
+
+    Example:
+        >>> suffix = LMLayerSuffix(peft_model, peft_model.patch_blocks()[block], "default")  # doctest: +SKIP
+        >>> states = suffix.capture([edit.ids])  # doctest: +SKIP
+        >>> logits, pre = suffix.run(states, [0], [[4, 5]])  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, parts: dict[str, nn.Module], adapter_name: str = "default") -> None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model = model
+        self.base = base
+        self.parts = parts
+        self.adapter_name = adapter_name
+        key = parts["key"]
+        key_name = {id(m): n for n, m in base.named_modules()}.get(id(key))
+        index = None if key_name is None else layer_index(key_name)
+        if key_name is None or index is None:
+            raise FastPathUnsupported("the patched key module is not in a numbered layer; pass fast=False.")
+        if index == 0:
+            raise FastPathUnsupported("the layer fast path needs the patch above the first layer; pass fast=False.")
+        container = key_name[: key_name.index(f".{index}.")]
+        layers = base.get_submodule(container)
+        if not isinstance(layers, nn.ModuleList):
+            raise FastPathUnsupported(f"{container!r} is not an nn.ModuleList of layers; pass fast=False.")
+        self.layers = layers
+        self.index = index
+        self.block = getattr(key, "block", None)
+        self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self._tuple = 0  # the length of the layers' output tuple, 0 for a plain tensor (set by capture)
+
+    def capture(
+        self, sequences: Sequence[Sequence[int]], pad_id: int = 0, *, with_z: bool = True, batch_size: int = 32
+    ) -> CachedStates:
+        """Cache ``x`` (the patched FFN's input) and, with ``with_z``, ``h`` (the patched layer's input) and the ids.
+
+        Each forward pass stops at the patched FFN.
+        """
+        ids, mask = pad_right(sequences, pad_id)
+        device = model_device(self.model)
+        xs: list[torch.Tensor] = []
+        hs: list[torch.Tensor] = []
+
+        def grab_x(_module: nn.Module, args: tuple) -> None:
+            xs.append(args[0].detach())
+            raise _Stop
+
+        def grab_h(_module: nn.Module, _args: tuple, output: object) -> None:
+            # BLOOM's blocks return a tuple (hidden states first), most decoders' the hidden states alone
+            self._tuple = len(output) if isinstance(output, tuple) else 0
+            hs.append((output[0] if isinstance(output, tuple) else output).detach())
+
+        handles = [self.parts["key"].register_forward_pre_hook(grab_x)]
+        if with_z:
+            handles.append(self.layers[self.index - 1].register_forward_hook(grab_h))
+        try:
+            with evaluating(self.model), torch.no_grad():
+                for start in range(0, ids.shape[0], batch_size):
+                    with contextlib.suppress(_Stop):
+                        self.model(
+                            input_ids=ids[start : start + batch_size].to(device),
+                            attention_mask=mask[start : start + batch_size].to(device),
+                            use_cache=False,
+                        )
+        finally:
+            for handle in handles:
+                handle.remove()
+        x = torch.cat(xs) if xs else torch.zeros(0, ids.shape[1], self.parts["key"].in_features)
+        if not with_z:
+            return CachedStates(x, None, mask.to(x.device))
+        return CachedStates(x, None, mask.to(x.device), ids=ids.to(x.device), h=torch.cat(hs))
+
+    @contextlib.contextmanager
+    def _replaying(self, hidden: torch.Tensor):
+        """The layers below the patched one return ``hidden`` instead of computing it."""
+        saved = [self.layers[i] for i in range(self.index)]
+        output = (hidden, *[None] * (self._tuple - 1)) if self._tuple else hidden
+        try:
+            for i in range(self.index):
+                self.layers[i] = _Replay(output)
+            yield
+        finally:
+            for i, layer in enumerate(saved):
+                self.layers[i] = layer
+
+    def run(
+        self, states: CachedStates, rows: Sequence[int], positions: Sequence[Sequence[int]]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Logits and the newest patch's pre-activations at the given positions of cached rows.
+
+        Args:
+            states: What :meth:`capture` cached (with ``with_z``).
+            rows: The rows of ``states`` to run.
+            positions: For each row, the positions whose logits (and pre-activations) to return.
+
+        Returns:
+            ``(logits, pre)``: per row, ``(len(positions[i]), vocab)`` logits and ``(len(positions[i]), n)``
+            pre-activations of the newest patch's ``n`` neurons.
+
+        Raises:
+            ValueError: If ``states`` holds no layer inputs (captured without ``with_z``).
+        """
+        if states.h is None or states.ids is None:
+            raise ValueError("LMLayerSuffix.run needs states captured with with_z=True (the patched layer's input).")
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=states.h.device)
+        keep = sorted({int(p) for ps in positions for p in ps})
+        kwargs = {"logits_to_keep": torch.tensor(keep, device=states.h.device)} if self.keeps_logits else {}
+        n_new = self.newest()["key"].shape[0]
+        with self._replaying(states.h[index]), self.model.capture_activations(self.adapter_name) as captured:
+            out = self.model(input_ids=states.ids[index], attention_mask=states.mask[index], use_cache=False, **kwargs)
+        logits = out.logits
+        pre = captured[self.block][..., -n_new:]
+        column = {p: i for i, p in enumerate(keep)} if self.keeps_logits else None
+        logits_by, pre_by = [], []
+        for row, ps in enumerate(positions):
+            at = torch.as_tensor(list(ps), dtype=torch.long, device=logits.device)
+            cols = at if column is None else torch.as_tensor([column[int(p)] for p in ps], device=logits.device)
+            logits_by.append(logits[row, cols])
+            pre_by.append(pre[row, at])
+        return logits_by, pre_by
