@@ -457,7 +457,6 @@ def _demo_generation(args: argparse.Namespace) -> int:
         patch_layer=args.patch_layer,
         sharpness=args.sharpness,
         split_spellings=args.split_spellings,
-        prompt_negatives=args.prompt_negatives,
         edit=EditConfig(
             seed=args.seed,
             max_steps=args.max_steps,
@@ -774,12 +773,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="generation: one MPN neuron per spelling where the training languages' targets differ "
         "(--no-split-spellings: one neuron per target position, shared by every language)",
-    )
-    p.add_argument(
-        "--prompt-negatives",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="generation: patches must also stay silent on the edit prompt's positions before the answer",
     )
     p.add_argument("--memory-size", type=int, default=1000)
     p.add_argument("--max-countries", type=int, default=None)

@@ -115,3 +115,25 @@ def test_demo_generation_smoke(tiny_lm, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["setup"]["config"]["edit"]["patience"] == 3 and results["heldout_languages"] == ["zh"]
     assert main(["demo", "--task", "generation", "--methods", "grace", "--model", str(path), "--output", "x"]) == 2
+
+
+def test_demo_generation_patch_layer_and_relations(tiny_lm, tmp_path, capsys):
+    path, _, _ = tiny_lm
+    out = tmp_path / "gen"
+    argv = ["demo", "--task", "generation", "--model", str(path), "--output", str(out), "--n-edits", "1"]
+    argv += ["--methods", "mpn", "--train-languages", "en,fr", "--heldout-languages", "zh", "--patch-layer", "-2"]
+    argv += ["--relations", "capital,continent", "--max-target-tokens", "50", "--patience", "3", "--quiet"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    config = results["setup"]["config"]
+    assert config["patch_layer"] == -2 and config["split_spellings"] is True
+    mpn = results["methods"]["MPN"]
+    assert mpn["fast_path"] is False  # layer 0 of 2: no fast path, the full model
+    capital = counterfactual_data("test", 1, ["en", "fr", "zh"])
+    both = counterfactual_data("test", 1, ["en", "fr", "zh"], relations=["capital", "continent"])
+    assert both.records[0]["id"] == capital.records[0]["id"]  # the edit: the first relation
+    assert mpn["neighbourhood"]["n"] == len(both.neighbours) > len(capital.neighbours)  # + the same country's
+    with pytest.raises(ValueError, match="patch_layer must be in"):
+        run_generation_experiment(
+            GenerationExperimentConfig(methods=["mpn"], patch_layer=5), capital, *tiny_lm[1:], log=lambda _: None
+        )

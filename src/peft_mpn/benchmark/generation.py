@@ -84,8 +84,6 @@ class GenerationExperimentConfig:
             disagree (`CausalLMEditor`'s ``split_spellings``).
         sharpness: T-Patcher's and MPN's patch units, ``(v / s) * act(s * (k . x + b))`` (`MPNConfig.sharpness`, 10 by
             default; 1 is the model's own FFN unit).
-        prompt_negatives: T-Patcher's and MPN's memory loss also covers the edit prompt's positions before the answer
-            (`CausalLMEditor`'s ``prompt_negatives``).
         baselines: ``method -> BaselineConfig`` for FT-L and LoRA (default ``BaselineConfig.for_method``).
         continuation_tokens: Tokens of the original model's greedy continuation that locality compares.
         n_examples: Records whose greedy generations before and after go into the examples table.
@@ -100,7 +98,6 @@ class GenerationExperimentConfig:
     patch_layer: int | None = None
     split_spellings: bool = True
     sharpness: float = 10.0
-    prompt_negatives: bool = False
     baselines: dict[str, BaselineConfig] = field(default_factory=dict)
     continuation_tokens: int = 4
     n_examples: int = 2
@@ -364,11 +361,7 @@ def run_generation_experiment(
             config=copy.deepcopy(config.edit),
             baseline=config.baseline(method) if method in ("ft", "lora") else None,
             mpn_config=MPNConfig(layers_to_transform=None if layer is None else [layer], sharpness=config.sharpness),
-            **(
-                {"split_spellings": config.split_spellings, "prompt_negatives": config.prompt_negatives}
-                if method in ("tpatcher", "mpn")
-                else {}
-            ),
+            **({"split_spellings": config.split_spellings} if method in ("tpatcher", "mpn") else {}),
             progress=progress,
         )
         t0 = time.perf_counter()

@@ -76,7 +76,6 @@ class _LanguageRows:
     neurons: torch.Tensor  # (p,) the neuron of each of those positions
     x: torch.Tensor | None = None  # (t, d_in) fast path: FFN inputs at the target positions
     row: int = 0  # the row of this language in the edit's cached states (the layer fast path)
-    prefix: torch.Tensor | None = None  # (p, d_in) FFN inputs at the prompt positions before the answer position
     z: torch.Tensor | None = None  # (t, d_model) fast path: final-norm inputs there (see CachedStates)
     m: torch.Tensor | None = None  # (t, d_model) fast path, post-MLP-norm models: MLP outputs there
 
@@ -173,8 +172,6 @@ class CausalLMEditor(Editor):
         split_spellings: Where training languages spell the target differently ("Yerevan", "Erevan"), give each
             token its own neuron (:func:`split_by_spelling`, within ``max_neurons``) instead of asking one neuron's
             value vector for both.
-        prompt_negatives: Count the edit prompt's own positions before the answer position ("Country: India\n...")
-            as memory positions too, so that a neuron fires on the question, not on any text about its subject.
         memory_hard_k: The memory loss looks at the ``memory_hard_k`` most active (position, neuron) pairs of the
             memory each step (``None``: all of them). A token-level memory holds thousands of positions, and in a
             mean over all of them the few positions where the neuron still fires hardly count; on the tiny test
@@ -213,7 +210,6 @@ class CausalLMEditor(Editor):
         config: EditConfig | None = None,
         max_neurons: int = 5,
         split_spellings: bool = True,
-        prompt_negatives: bool = False,
         memory_hard_k: int | None = 64,
         fast: bool | None = None,
         adapter_name: str = "default",
@@ -238,7 +234,6 @@ class CausalLMEditor(Editor):
         languages = training_languages(languages, english_only=method == "tpatcher")
         self.max_neurons = max_neurons
         self.split_spellings = bool(split_spellings)
-        self.prompt_negatives = bool(prompt_negatives)
         self.memory_hard_k = memory_hard_k
         self.adapter_name = adapter_name
         strategy = make_strategy(
@@ -496,7 +491,6 @@ class CausalLMEditor(Editor):
                 neurons=torch.tensor(assigned[lang], dtype=torch.long, device=hidden.device),
                 x=hidden[row, at],
                 row=row,
-                prefix=hidden[row, : enc.target_positions[0]] if self.prompt_negatives else None,
                 z=states.z[row, at] if self.suffix is not None and states.z is not None else None,
                 m=states.m[row, at] if self.suffix is not None and states.m is not None else None,
             )
@@ -612,17 +606,7 @@ class CausalLMEditor(Editor):
             logits_by, pre_by, memory_acts = self._full_forward(rows, languages, step)
             if not self.uses_patch:
                 return self._baseline_losses(rows, weights, logits_by)
-        if self.prompt_negatives and self.uses_patch:
-            prefix = self._prefix_acts(rows, languages)
-            memory_acts = torch.cat([memory_acts.to(prefix.dtype), prefix])
         return self._losses(rows, weights, logits_by, pre_by, memory_acts)
-
-    def _prefix_acts(self, rows: dict[str, _LanguageRows], languages: list[str]) -> torch.Tensor:
-        """Pre-activations ``(p, n)`` of the new patch at the edit prompts' positions before the answer position."""
-        bank = self.strategy.parts["key"].bank(self.adapter_name)
-        key, bias = bank.weights[-1], bank.biases[-1]
-        x = torch.cat([rows[lang].prefix for lang in languages])
-        return x.to(key.dtype) @ key.T + bias
 
     def _edit_loss(self, rows, weights, logits_by) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The edit loss over the step's languages, each counting ``weights[lang]`` whatever its target length,
