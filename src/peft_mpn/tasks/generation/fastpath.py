@@ -96,6 +96,15 @@ class _NewestPatch:
     parts: dict[str, nn.Module]
     adapter_name: str
 
+    def _bind(self, model: nn.Module, parts: dict[str, nn.Module], adapter_name: str) -> tuple[nn.Module, str]:
+        """Keep the model, the patch's wrappers and the adapter; return the base model and the key module's name."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model, self.parts, self.adapter_name = model, parts, adapter_name
+        key_name = {id(m): n for n, m in base.named_modules()}.get(id(parts["key"]))
+        if key_name is None:
+            raise FastPathUnsupported("the patched key module is not part of the model; pass fast=False.")
+        return base, key_name
+
     def newest(self) -> dict[str, torch.Tensor]:
         """The trainable tensors of the newest patch: ``key``, ``bias``, ``value`` and, for gated MLPs, ``up``,
         ``up_bias``."""
@@ -144,16 +153,8 @@ class LMSuffix(_NewestPatch):
         *,
         whole_mlp: bool = False,
     ) -> None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.model = model
-        self.parts = parts
-        self.adapter_name = adapter_name
+        base, key_name = self._bind(model, parts, adapter_name)
         self.whole_mlp = whole_mlp
-        key = parts["key"]
-        names = {id(m): n for n, m in base.named_modules()}
-        key_name = names.get(id(key))
-        if key_name is None:
-            raise FastPathUnsupported("the patched key module is not part of the model; pass fast=False.")
         index = layer_index(key_name)
         depth = key_name.count(".")
         indices = {layer_index(n) for n, _ in base.named_modules() if n.count(".") == depth}
@@ -357,15 +358,9 @@ class LMLayerSuffix(_NewestPatch):
     """
 
     def __init__(self, model: nn.Module, parts: dict[str, nn.Module], adapter_name: str = "default") -> None:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.model = model
-        self.base = base
-        self.parts = parts
-        self.adapter_name = adapter_name
-        key = parts["key"]
-        key_name = {id(m): n for n, m in base.named_modules()}.get(id(key))
-        index = None if key_name is None else layer_index(key_name)
-        if key_name is None or index is None:
+        base, key_name = self._bind(model, parts, adapter_name)
+        index = layer_index(key_name)
+        if index is None:
             raise FastPathUnsupported("the patched key module is not in a numbered layer; pass fast=False.")
         if index == 0:
             raise FastPathUnsupported("the layer fast path needs the patch above the first layer; pass fast=False.")
@@ -375,7 +370,7 @@ class LMLayerSuffix(_NewestPatch):
             raise FastPathUnsupported(f"{container!r} is not an nn.ModuleList of layers; pass fast=False.")
         self.layers = layers
         self.index = index
-        self.block = getattr(key, "block", None)
+        self.block = getattr(parts["key"], "block", None)
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self._tuple = 0  # the length of the layers' output tuple, 0 for a plain tensor (set by capture)
 
