@@ -42,6 +42,7 @@ from .countries import (
     relation_languages,
 )
 from .hub import XFEVER_LANGUAGES, XNLI_HUB_NAME, load_xfever, load_xnli
+from .negatives import add_subject_negatives
 from .records import EditRecord, read_records, write_records
 from .zsre import MZSRE_LANGUAGES, load_bizsre, load_mzsre, load_zsre_parallel
 
@@ -51,6 +52,7 @@ __all__ = [
     "check_alias_table",
     "code_switch",
     "EditRecord",
+    "add_subject_negatives",
     "read_records",
     "write_records",
     "COLUMNS",
