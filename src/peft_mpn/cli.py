@@ -165,6 +165,7 @@ def _lifelong(args: argparse.Namespace) -> int:
             memory_size=args.memory,
             value_negatives=args.value_negatives,
             subject_negatives=args.subject_negatives,
+            code_switch=args.code_switch,
             model=args.model,
             max_countries=args.max_countries,
             timing_rounds=args.timing_rounds,
@@ -704,6 +705,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="extra negatives per edit: the edit's relation and value rendered about memory countries",
+    )
+    p.add_argument(
+        "--code-switch",
+        type=_csv,
+        default=[],
+        help="patches: code-switched training examples in these (not evaluated) languages, or 'auto'",
     )
     p.add_argument("--output", default=None, help="directory for lifelong.json and lifelong.md")
     p.add_argument("--plot", default=None, help="write the curve as a PNG")

@@ -61,3 +61,27 @@ def test_render_claims_renders_the_value_about_other_countries():
     assert texts[0]["en"] == "query: The capital of Germany is Paris." and "Japon" in texts[1]["fr"]
     with pytest.raises(ValueError, match="value_key"):
         render_claims("capital", "Atlantis", ["DE"], ["en"])
+
+
+def test_code_switch_languages_are_never_evaluated_languages():
+    from peft_mpn.benchmark.lifelong import _editor
+
+    config = LifelongConfig(methods=["mpn"], code_switch=["auto"])
+    assert len(config.code_switch) == 3 and not set(config.code_switch) & set(config.languages)
+    for bad in (["fr"], ["en"], ["ja", "zh"]):
+        with pytest.raises(ValueError, match="LifelongConfig.code_switch"):
+            LifelongConfig(code_switch=bad)
+    # the patch methods train on code-switched copies of the edit; the others never see them
+    from peft_mpn.benchmark.lifelong import LifelongData, tiny_model
+
+    tiny = LifelongConfig(methods=["mpn"], code_switch=["ja"], max_countries=8)
+    model, tokenizer = tiny_model(["query: The capital of France is Paris."])
+    empty = LifelongData([], {"en": [], "multi": []}, [], [], [], 0)
+    assert _editor(tiny, "mpn", model, tokenizer, empty).collator.code_switch == ["ja"]
+    assert not _editor(tiny, "grace", model, tokenizer, empty).collator.code_switch
+
+
+def test_locality_meta_knows_which_claims_are_true():
+    data = _data("test", 5)
+    truth = [m["value_key"] == m["true_key"] for m in data.locality_meta]
+    assert any(truth) and not all(truth)  # true and false claims about the locality countries

@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import random
 import statistics
 import time
 from collections import Counter
@@ -75,6 +74,10 @@ class LifelongConfig:
         subject_negatives: Extra hard negatives per edit and language: the edit with its subject swapped, i.e. the
             same relation and value rendered about memory countries (`peft_mpn.data.render_claims`; never an
             evaluation text), whether or not the benchmark has such a claim; 0 for none.
+        code_switch: Languages of code-switched training examples for the patch methods (the English edit, its
+            hard negatives and the memory with their entity names in these languages, as the demo trains;
+            `peft_mpn.data.aliases`); ``[]`` for none (the default), ``["auto"]`` for the demo's choice (the first
+            three languages of ``CODE_SWITCH_POOL`` that are not evaluated). An evaluated language is refused.
         neighbours: Neighbours (other claims about the same country) measured per record, in every language.
         sharpness: ``MPNConfig.sharpness`` of the patches.
         model: ``None`` for the demo's e5-small classifier (cached), ``"tiny"`` for a random smoke-test model.
@@ -99,6 +102,7 @@ class LifelongConfig:
     n_negatives: int = 3
     value_negatives: int = 0
     subject_negatives: int = 0
+    code_switch: list[str] = field(default_factory=list)
     neighbours: int = 2
     sharpness: float = 10.0
     model: str | None = None
@@ -129,6 +133,15 @@ class LifelongConfig:
                 raise ValueError(f"LifelongConfig.{name} must be an int >= 0 (negatives per edit), got {value!r}.")
         if self.split not in ("test", "validation"):
             raise ValueError(f"LifelongConfig.split must be 'test' or 'validation', got {self.split!r}.")
+        if list(self.code_switch) == ["auto"]:
+            from ..data.aliases import default_code_switch
+
+            self.code_switch = default_code_switch(self.languages)
+        if "en" in self.code_switch or set(self.code_switch) & set(self.languages):
+            raise ValueError(
+                f"LifelongConfig.code_switch must name languages that are not evaluated ({self.languages}), "
+                f"got {self.code_switch}; use e.g. ['ja', 'ko', 'he'] or ['auto']."
+            )
         if "en" not in self.train_languages or set(self.train_languages) & set(self.heldout_languages):
             raise ValueError(
                 "LifelongConfig: train_languages must include 'en' and share none with heldout_languages."
@@ -171,7 +184,7 @@ class LifelongData:
     neighbours: list[list[tuple[int | None, list[str]]]]  # per record and neighbour: where it is edited, its texts
     neighbour_labels: list[list[int]]
     available: int  # records the benchmark could supply for this split
-    locality_meta: list[dict[str, str]] = field(default_factory=list)  # per locality text: relation, value, country
+    locality_meta: list[dict[str, str]] = field(default_factory=list)  # per text: relation, value, truth, country
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -194,7 +207,7 @@ def build_data(
     Raises:
         ValueError: If the benchmark has fewer records than ``max(points)`` for the split (the message says how many).
     """
-    from ..data import render_claims, to_edit_records
+    from ..data import add_subject_negatives, to_edit_records
 
     common = {"languages": config.languages, "relations": config.relations, "seed": config.seed}
     common["max_countries"] = config.max_countries
@@ -240,15 +253,16 @@ def build_data(
         for other in same_value:  # other countries, same relation and value: what a patch must not learn
             for lang, text in other["inputs"].items():
                 negatives.setdefault(lang, []).append(text)
+        record = EditRecord.from_dict({**row, "label": label, "negatives": negatives})
         if config.subject_negatives:  # the same relation and value about memory countries, rendered
-            rng = random.Random(f"{config.seed}:{row['id']}:subjects")
-            others = rng.sample(memory_countries, min(config.subject_negatives, len(memory_countries)))
-            for swapped in render_claims(
-                row["meta"]["relation"], row["meta"]["value_key"], others, config.train_languages
-            ):
-                for lang, text in swapped.items():
-                    negatives.setdefault(lang, []).append(text)
-        records.append(EditRecord.from_dict({**row, "label": label, "negatives": negatives}))
+            (record,) = add_subject_negatives(
+                [record],
+                memory_countries,
+                config.subject_negatives,
+                languages=config.train_languages,
+                seed=config.seed,
+            )
+        records.append(record)
     wrong = sum(p != r["label"] for p, r in zip(base, chosen))
     log(f"{len(records)} records ({wrong} the base gets wrong, {len(records) - wrong} flipped); {available} available")
 
@@ -261,7 +275,7 @@ def build_data(
     }
     locality = [r["inputs"][lang] for r in locality_rows for lang in config.languages]
     locality_meta = [
-        {k: r["meta"][k] for k in ("relation", "value_key", "country")} | {"language": lang}
+        {k: r["meta"][k] for k in ("relation", "value_key", "true_key", "country")} | {"language": lang}
         for r in locality_rows
         for lang in config.languages
     ]
@@ -363,6 +377,12 @@ class ReadCache:
 # ---------------------------------------------------------------------------------------------------- the run
 def _editor(config: LifelongConfig, method: str, model: torch.nn.Module, tokenizer: Any, data: LifelongData):
     languages = ["en"] if method in ("tpatcher", "grace") else config.train_languages
+    switch = {}
+    if config.code_switch and method in ("mpn", "tpatcher"):
+        from ..data.aliases import benchmark_alias_table
+
+        aliases = benchmark_alias_table(config.code_switch, config.languages, config.relations, config.seed)
+        switch = {"aliases": aliases, "code_switch": config.code_switch}
     return MPNEditor(
         model,
         tokenizer,
@@ -376,6 +396,7 @@ def _editor(config: LifelongConfig, method: str, model: torch.nn.Module, tokeniz
         else None,
         grace=copy.deepcopy(config.grace) if method == "grace" else None,
         progress=False,
+        **switch,
     )
 
 
@@ -449,6 +470,10 @@ def _patch_diagnostics(
             "pre_activation_quantiles": [round(float(q), 3) for q in values.quantile(torch.tensor([0.25, 0.5, 0.75]))],
             "share_same_relation": shared["relation"] / len(indices),
             "share_same_relation_and_value": shared["value"] / len(indices),
+            "share_true_claims": sum(
+                data.locality_meta[i]["value_key"] == data.locality_meta[i].get("true_key") for i in indices
+            )
+            / len(indices),
             "languages": dict(sorted(Counter(data.locality_meta[i]["language"] for i in indices).items())),
             "patches_involved": len({int(owner[neuron[i]]) for i in indices}),
         }
