@@ -710,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--code-switch",
         type=_csv,
         default=[],
-        help="patches: code-switched training examples in these (not evaluated) languages, or 'auto'",
+        help="patches: code-switched training examples in these (not evaluated) languages, 'auto' or 'none'",
     )
     p.add_argument("--output", default=None, help="directory for lifelong.json and lifelong.md")
     p.add_argument("--plot", default=None, help="write the curve as a PNG")

@@ -68,6 +68,7 @@ def test_code_switch_languages_are_never_evaluated_languages():
 
     config = LifelongConfig(methods=["mpn"], code_switch=["auto"])
     assert len(config.code_switch) == 3 and not set(config.code_switch) & set(config.languages)
+    assert LifelongConfig(code_switch=["none"]).code_switch == []
     for bad in (["fr"], ["en"], ["ja", "zh"]):
         with pytest.raises(ValueError, match="LifelongConfig.code_switch"):
             LifelongConfig(code_switch=bad)

@@ -21,7 +21,10 @@ def test_text_records_swap_the_subject_in_every_language_and_keep_their_negative
     pool = [{"en": "Peru", "fr": "le Pérou"}, {"en": "Chile"}, {"en": "Jordan", "fr": "la Jordanie"}]
     (out,) = add_subject_negatives([_record()], pool, k=3)
     assert out.negatives["en"][0] == "The currency of Jordan is the dollar."  # kept, first
-    assert sorted(out.negatives["en"][1:]) == ["The currency of Chile is the euro.", "The currency of Peru is the euro."]
+    assert sorted(out.negatives["en"][1:]) == [
+        "The currency of Chile is the euro.",
+        "The currency of Peru is the euro.",
+    ]
     assert out.negatives["fr"] == ["La monnaie de le Pérou est l'euro."]  # only subjects named in that language
     assert out.inputs == _record().inputs and out.label == 1  # nothing else changes
     assert _record().negatives == {"en": ["The currency of Jordan is the dollar."]}  # the input is not modified

@@ -72,12 +72,13 @@ class LifelongConfig:
         value_negatives: Extra hard negatives per edit and language: claims of the same relation and *value* about
             other countries, taken from the memory's countries (never an evaluation text); 0 for none.
         subject_negatives: Extra hard negatives per edit and language: the edit with its subject swapped, i.e. the
-            same relation and value rendered about memory countries (`peft_mpn.data.render_claims`; never an
+            same relation and value rendered about memory countries (`peft_mpn.data.add_subject_negatives`; never an
             evaluation text), whether or not the benchmark has such a claim; 0 for none.
         code_switch: Languages of code-switched training examples for the patch methods (the English edit, its
             hard negatives and the memory with their entity names in these languages, as the demo trains;
-            `peft_mpn.data.aliases`); ``[]`` for none (the default), ``["auto"]`` for the demo's choice (the first
-            three languages of ``CODE_SWITCH_POOL`` that are not evaluated). An evaluated language is refused.
+            `peft_mpn.data.aliases`); ``[]`` or ``["none"]`` for none (the default), ``["auto"]`` for the demo's
+            choice (the first three languages of ``CODE_SWITCH_POOL`` that are not evaluated). An evaluated
+            language is refused.
         neighbours: Neighbours (other claims about the same country) measured per record, in every language.
         sharpness: ``MPNConfig.sharpness`` of the patches.
         model: ``None`` for the demo's e5-small classifier (cached), ``"tiny"`` for a random smoke-test model.
@@ -133,6 +134,8 @@ class LifelongConfig:
                 raise ValueError(f"LifelongConfig.{name} must be an int >= 0 (negatives per edit), got {value!r}.")
         if self.split not in ("test", "validation"):
             raise ValueError(f"LifelongConfig.split must be 'test' or 'validation', got {self.split!r}.")
+        if list(self.code_switch) == ["none"]:
+            self.code_switch = []
         if list(self.code_switch) == ["auto"]:
             from ..data.aliases import default_code_switch
 
