@@ -165,6 +165,7 @@ def _lifelong(args: argparse.Namespace) -> int:
             memory_size=args.memory,
             value_negatives=args.value_negatives,
             subject_negatives=args.subject_negatives,
+            subject_true_first=args.subject_true_first,
             code_switch=args.code_switch,
             model=args.model,
             max_countries=args.max_countries,
@@ -705,6 +706,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="extra negatives per edit: the edit's relation and value rendered about memory countries",
+    )
+    p.add_argument(
+        "--subject-true-first",
+        type=int,
+        default=0,
+        help="of the subject negatives, up to this many about countries that really have the value (true claims)",
     )
     p.add_argument(
         "--code-switch",

@@ -62,3 +62,18 @@ def test_clear_errors():
         add_subject_negatives([_record(relation="capital", value_key="Paris", country="FR")], [{"en": "x"}], k=1)
     with pytest.raises(ValueError, match="is not in its 'en' input"):
         add_subject_negatives([_record(subject={"en": "Syria"})], [{"en": "Peru"}], k=1)
+
+
+def test_true_first_draws_subjects_that_really_have_the_value():
+    rows = to_edit_records(languages=["en"], relations=["continent"], seed=0)
+    row = next(r for r in rows if r["meta"]["country"] == "DE" and r["meta"]["value_key"] == r["meta"]["true_key"])
+    europe, elsewhere = ["FR", "ES", "IT"], ["JP", "BR", "CN", "AU", "EG", "PE", "MX"]
+    names = {iso: render_claims("continent", row["meta"]["value_key"], [iso], ["en"])[0]["en"] for iso in europe}
+    for seed in range(5):
+        (out,) = add_subject_negatives([row], elsewhere + europe, k=3, true_first=2, seed=seed)
+        added = out.negatives["en"][len(row["negatives"]["en"]) :]
+        assert len(added) == 3 and sum(text in names.values() for text in added) >= 2
+    (plain,) = add_subject_negatives([row], elsewhere + europe, k=3, seed=0)
+    assert len(plain.negatives["en"]) == len(row["negatives"]["en"]) + 3
+    with pytest.raises(ValueError, match="true_first must be an int in \\[0, k=1\\]"):
+        add_subject_negatives([row], europe, k=1, true_first=2)

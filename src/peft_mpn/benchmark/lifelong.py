@@ -74,6 +74,8 @@ class LifelongConfig:
         subject_negatives: Extra hard negatives per edit and language: the edit with its subject swapped, i.e. the
             same relation and value rendered about memory countries (`peft_mpn.data.add_subject_negatives`; never an
             evaluation text), whether or not the benchmark has such a claim; 0 for none.
+        subject_true_first: Of those, up to this many about memory countries whose own value is the edit's value
+            (true claims; ``add_subject_negatives(true_first=...)``).
         code_switch: Languages of code-switched training examples for the patch methods (the English edit, its
             hard negatives and the memory with their entity names in these languages, as the demo trains;
             `peft_mpn.data.aliases`); ``[]`` or ``["none"]`` for none (the default), ``["auto"]`` for the demo's
@@ -103,6 +105,7 @@ class LifelongConfig:
     n_negatives: int = 3
     value_negatives: int = 0
     subject_negatives: int = 0
+    subject_true_first: int = 0
     code_switch: list[str] = field(default_factory=list)
     neighbours: int = 2
     sharpness: float = 10.0
@@ -128,7 +131,7 @@ class LifelongConfig:
                 f"LifelongConfig.points must be whole numbers >= 1, e.g. [1, 10, 100]; got {self.points}."
             )
         self.points = sorted(set(self.points))
-        for name in ("value_negatives", "subject_negatives", "n_negatives"):
+        for name in ("value_negatives", "subject_negatives", "subject_true_first", "n_negatives"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"LifelongConfig.{name} must be an int >= 0 (negatives per edit), got {value!r}.")
@@ -168,6 +171,7 @@ class LifelongConfig:
             "n_negatives",
             "value_negatives",
             "subject_negatives",
+            "subject_true_first",
             "neighbours",
             "model",
             "max_countries",
@@ -264,6 +268,7 @@ def build_data(
                 config.subject_negatives,
                 languages=config.train_languages,
                 seed=config.seed,
+                true_first=config.subject_true_first,
             )
         records.append(record)
     wrong = sum(p != r["label"] for p, r in zip(base, chosen))

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..utils.checks import is_int
 from .benchmark import DEFAULT_PREFIX, render_claims
+from .countries import load_countries
 from .records import EditRecord
 
 
@@ -47,6 +48,7 @@ def add_subject_negatives(
     languages: Sequence[str] | None = None,
     seed: int = 0,
     prefix: str = DEFAULT_PREFIX,
+    true_first: int = 0,
 ) -> list[EditRecord]:
     """Give each record ``k`` subject-swapped hard negatives per language: its claim about ``k`` other subjects.
 
@@ -60,6 +62,10 @@ def add_subject_negatives(
         languages: Languages to add negatives in (default: every language of the record's inputs).
         seed: The draw of each record's ``k`` subjects depends only on ``seed`` and the record id.
         prefix: Prepended to rendered benchmark claims (the benchmark's ``"query: "``); unused for text swaps.
+        true_first: Benchmark claims: up to this many of the ``k`` subjects are drawn from those whose own value is
+            the edit's value (their swapped claim is *true*: "The currency of Greenland is the Danish krone." for an
+            edit about DKK), the rest from the others. A random draw finds few of them for a rare value, and a patch
+            that learnt to stay silent on false claims with the value still fires on the true ones.
 
     Returns:
         New records; ``negatives[lang]`` keeps what the record had and gains the swapped texts (a text equal to
@@ -71,13 +77,15 @@ def add_subject_negatives(
     """
     if not is_int(k, 0):
         raise ValueError(f"add_subject_negatives: k must be an int >= 0 (negatives per record), got {k!r}.")
+    if not is_int(true_first, 0) or true_first > k:
+        raise ValueError(f"add_subject_negatives: true_first must be an int in [0, k={k}], got {true_first!r}.")
     out = []
     for item in records:
         record = item if isinstance(item, EditRecord) else EditRecord.from_dict(dict(item))
         negatives = {lang: list(texts) for lang, texts in record.negatives.items()}
         if k:
             langs = [lang for lang in (languages or record.languages) if lang in record.inputs]
-            for swapped in _swapped(record, subjects, k, langs, seed, prefix):
+            for swapped in _swapped(record, subjects, k, langs, seed, prefix, true_first):
                 for lang, text in swapped.items():
                     kept = negatives.setdefault(lang, [])
                     if text not in kept and text != record.inputs.get(lang):
@@ -93,6 +101,7 @@ def _swapped(
     languages: Sequence[str],
     seed: int,
     prefix: str,
+    true_first: int = 0,
 ) -> list[dict[str, str]]:
     """The record's claim about ``k`` subjects drawn from ``subjects`` (one dict language -> text per subject)."""
     meta = record.meta
@@ -116,7 +125,14 @@ def _swapped(
         return texts
     if all(key in meta for key in ("relation", "value_key", "country")):
         pool = [s for s in subjects if _check_subject(record, s, str) != meta["country"]]
-        chosen = rng.sample(pool, min(k, len(pool)))
+        if true_first:
+            facts = {c.iso2: c.facts.get(meta["relation"]) for c in load_countries(languages)}
+            holders = [s for s in pool if getattr(facts.get(s), "key", None) == meta["value_key"]]
+            chosen = rng.sample(holders, min(true_first, len(holders)))
+            rest = [s for s in pool if s not in chosen]
+            chosen += rng.sample(rest, min(k - len(chosen), len(rest)))
+        else:
+            chosen = rng.sample(pool, min(k, len(pool)))
         return render_claims(meta["relation"], meta["value_key"], chosen, languages, prefix=prefix)
     raise ValueError(
         f"edit record {record.id!r}: field 'meta' needs 'subject' (language -> the subject as written in the "
