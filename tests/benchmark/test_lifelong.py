@@ -52,6 +52,8 @@ def test_subject_negatives_swap_the_country_and_are_never_evaluation_texts(split
         assert all(value in text for text in added["en"])  # the same value, about another country
     with pytest.raises(ValueError, match="LifelongConfig.subject_negatives"):
         LifelongConfig(subject_negatives=-1)
+    with pytest.raises(ValueError, match="LifelongConfig.subject_true_first"):
+        LifelongConfig(subject_negatives=2, subject_true_first=3)
 
 
 def test_render_claims_renders_the_value_about_other_countries():

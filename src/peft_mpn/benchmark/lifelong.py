@@ -135,6 +135,11 @@ class LifelongConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"LifelongConfig.{name} must be an int >= 0 (negatives per edit), got {value!r}.")
+        if self.subject_true_first > self.subject_negatives:
+            raise ValueError(
+                f"LifelongConfig.subject_true_first ({self.subject_true_first}) must be <= subject_negatives "
+                f"({self.subject_negatives}): it counts how many of those are true claims."
+            )
         if self.split not in ("test", "validation"):
             raise ValueError(f"LifelongConfig.split must be 'test' or 'validation', got {self.split!r}.")
         if list(self.code_switch) == ["none"]:
