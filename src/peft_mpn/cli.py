@@ -357,6 +357,10 @@ GENERATION_DEFAULTS = {
     "heldout_languages": ["de", "es", "ru", "ar", "zh", "ja", "hi"],
     "n_edits": 6,
 }
+#: ``demo --task generation --code-switch auto``: how many code-switch languages (the first ones of CODE_SWITCH_POOL
+#: that are not evaluated). 0, none: on the validation split, code-switched prompts and memory copies (ko, fa, he)
+#: cost French GR, held-out GR, locality and 3x the time per edit (docs/benchmark.md).
+GENERATION_CODE_SWITCH = 0
 CLASSIFICATION_DEFAULTS = {
     "relations": list(DEMO["relations"]),
     "train_languages": list(DEMO["train_languages"]),
@@ -442,6 +446,11 @@ def _demo_generation(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         name = args.model
     languages = [*args.train_languages, *args.heldout_languages]
+    code_switch = _code_switch_option(args.code_switch)
+    if code_switch is None:  # auto
+        from .data.aliases import default_code_switch
+
+        code_switch = default_code_switch(languages, n=GENERATION_CODE_SWITCH)
     data = counterfactual_data(
         args.split,
         args.n_edits,
@@ -450,6 +459,7 @@ def _demo_generation(args: argparse.Namespace) -> int:
         seed=args.seed,
         tokenizer=tokenizer,
         max_target_tokens=args.max_target_tokens,
+        alias_languages=code_switch,
     )
     config = GenerationExperimentConfig(
         methods=args.methods,
@@ -459,6 +469,8 @@ def _demo_generation(args: argparse.Namespace) -> int:
         patch_layer=args.patch_layer,
         sharpness=args.sharpness,
         split_spellings=args.split_spellings,
+        code_switch=code_switch,
+        code_switch_memory=args.code_switch_memory,
         edit=EditConfig(
             seed=args.seed,
             max_steps=args.max_steps,
@@ -798,7 +810,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv,
         default=["auto"],
         help="languages of code-switched training examples (the English edit, its names in these languages, from "
-        "CLDR); 'auto': the first 3 of ja,ko,fa,he,ta,ka,hy,am,km,si not evaluated; 'none': no code-switching",
+        "CLDR); 'auto': the first 3 of ja,ko,fa,he,ta,ka,hy,am,km,si not evaluated (generation: none, chosen on "
+        "validation); 'none': no code-switching; generation: the English prompt with the country in these languages",
+    )
+    p.add_argument(
+        "--code-switch-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="generation: with --code-switch, code-switched copies of the memory texts join the memory",
     )
     p.add_argument("--sharpness", type=_positive, default=10.0, help="patch unit (v/s)*act(s*(k.x+b)); 1 = plain")
     p.add_argument("--cache-dir", default=None, help="where the trained base classifier is cached")

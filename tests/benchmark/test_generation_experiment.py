@@ -137,3 +137,33 @@ def test_demo_generation_patch_layer_and_relations(tiny_lm, tmp_path, capsys):
         run_generation_experiment(
             GenerationExperimentConfig(methods=["mpn"], patch_layer=5), capital, *tiny_lm[1:], log=lambda _: None
         )
+
+
+def test_code_switch_trains_tpatcher_and_mpn_on_names_of_languages_not_evaluated(tiny_lm, tmp_path):
+    path, model, tokenizer = tiny_lm
+    data = counterfactual_data("test", 1, LANGS, alias_languages=["ko"])
+    subject = data.records[0]["meta"]["subject"]["en"]
+    assert data.aliases[f"country:{data.records[0]['meta']['country']}"]["en"] == subject
+    assert all(set(names) <= {"en", "ko"} for names in data.aliases.values())  # names only, of the asked languages
+    config = GenerationExperimentConfig(
+        methods=["tpatcher", "mpn", "lora"],
+        train_languages=["en", "fr"],
+        heldout_languages=["zh"],
+        code_switch=["ko"],
+        edit=EditConfig(lr=3e-2, max_steps=30),
+        baselines={"lora": BaselineConfig.for_method("lora", max_steps=5)},
+    )
+    results = run_generation_experiment(config, data, model, tokenizer, log=lambda _: None)
+    for label in ("T-Patcher", "MPN"):  # both patch methods train on the code-switched prompt ...
+        assert "en>ko" in results["methods"][label]["results"][0]["correct"]
+    assert "en>ko" not in results["methods"]["LoRA"]["results"][0]["correct"]  # ... the baselines do not
+    assert results["setup"]["code_switch"] == ["ko"] and set(results["methods"]["MPN"]["GR"]) == {"en", "fr", "zh"}
+    with pytest.raises(ValueError, match=r"lists evaluated languages \['zh'\]"):
+        GenerationExperimentConfig(train_languages=["en"], heldout_languages=["zh"], code_switch=["zh"])
+    out = tmp_path / "gen"
+    argv = ["demo", "--task", "generation", "--model", str(path), "--output", str(out), "--n-edits", "1"]
+    argv += ["--methods", "tpatcher", "--train-languages", "en,fr", "--heldout-languages", "zh", "--quiet"]
+    assert main([*argv, "--max-target-tokens", "50", "--patience", "3", "--code-switch", "he,ko"]) == 0
+    assert json.loads((out / "results.json").read_text())["setup"]["code_switch"] == ["he", "ko"]
+    assert main([*argv, "--max-target-tokens", "50", "--patience", "3", "--code-switch", "auto"]) == 0
+    assert json.loads((out / "results.json").read_text())["setup"]["code_switch"] == []  # chosen on validation

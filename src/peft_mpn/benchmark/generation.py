@@ -59,12 +59,15 @@ class GenerationData:
         neighbours: ``{"prompt", "lang"}`` prompts close to the edits (same relation, other subjects; or the edited
             subject, another relation) whose next token must not change.
         unrelated: ``{"prompt", "lang"}`` unrelated prompts whose next token must not change.
+        aliases: An alias table ``{entity: {lang: name}}`` of the subjects' names (see `peft_mpn.data.aliases`),
+            for ``GenerationExperimentConfig.code_switch``.
     """
 
     records: list[dict[str, Any]]
     memory: list[dict[str, str]]
     neighbours: list[dict[str, str]] = field(default_factory=list)
     unrelated: list[dict[str, str]] = field(default_factory=list)
+    aliases: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +87,10 @@ class GenerationExperimentConfig:
             disagree (`CausalLMEditor`'s ``split_spellings``).
         sharpness: T-Patcher's and MPN's patch units, ``(v / s) * act(s * (k . x + b))`` (`MPNConfig.sharpness`, 10 by
             default; 1 is the model's own FFN unit).
+        code_switch: Languages of code-switched training examples for T-Patcher and MPN: the English prompt with the
+            subject's name in each language (``GenerationData.aliases``) and the English target. ``[]``: none. They
+            must not be evaluated languages (their names would then be trained on).
+        code_switch_memory: With ``code_switch``, code-switched copies of the memory's texts join the memory.
         baselines: ``method -> BaselineConfig`` for FT-L and LoRA (default ``BaselineConfig.for_method``).
         continuation_tokens: Tokens of the original model's greedy continuation that locality compares.
         n_examples: Records whose greedy generations before and after go into the examples table.
@@ -98,6 +105,8 @@ class GenerationExperimentConfig:
     patch_layer: int | None = None
     split_spellings: bool = True
     sharpness: float = 10.0
+    code_switch: list[str] = field(default_factory=list)
+    code_switch_memory: bool = True
     baselines: dict[str, BaselineConfig] = field(default_factory=dict)
     continuation_tokens: int = 4
     n_examples: int = 2
@@ -113,6 +122,16 @@ class GenerationExperimentConfig:
         both = set(self.train_languages) & set(self.heldout_languages)
         if both:
             raise ValueError(f"languages {sorted(both)} are both training and held-out languages; pick one.")
+        if isinstance(self.code_switch, str):
+            raise TypeError(
+                f"GenerationExperimentConfig.code_switch must be a list like ['ko'], not {self.code_switch!r}."
+            )
+        evaluated = sorted(set(self.code_switch) & {*self.train_languages, *self.heldout_languages})
+        if evaluated:
+            raise ValueError(
+                f"GenerationExperimentConfig.code_switch lists evaluated languages {evaluated}: their names would be "
+                "trained on; use languages the experiment does not evaluate (peft_mpn.data.aliases.CODE_SWITCH_POOL)."
+            )
 
     @property
     def languages(self) -> list[str]:
@@ -351,7 +370,11 @@ def run_generation_experiment(
         languages = ["en"] if method == "tpatcher" else config.train_languages
         memory = [m["text"] for m in data.memory if m["lang"] in languages]
         torch.manual_seed(config.seed)
-        layer = _patch_layer(config.patch_layer, model) if method in ("tpatcher", "mpn") else None
+        patches = method in ("tpatcher", "mpn")
+        layer = _patch_layer(config.patch_layer, model) if patches else None
+        switch = config.code_switch if patches else []
+        if switch and not data.aliases:
+            raise ValueError("GenerationExperimentConfig.code_switch needs GenerationData.aliases (the names).")
         editor = CausalLMEditor(
             copy.deepcopy(model),
             tokenizer,
@@ -361,8 +384,11 @@ def run_generation_experiment(
             config=copy.deepcopy(config.edit),
             baseline=config.baseline(method) if method in ("ft", "lora") else None,
             mpn_config=MPNConfig(layers_to_transform=None if layer is None else [layer], sharpness=config.sharpness),
-            **({"split_spellings": config.split_spellings} if method in ("tpatcher", "mpn") else {}),
+            **({"split_spellings": config.split_spellings} if patches else {}),
             progress=progress,
+            aliases=data.aliases if switch else None,
+            code_switch=switch,
+            code_switch_memory=config.code_switch_memory,
         )
         t0 = time.perf_counter()
         results = editor.edit_stream(data.records)
@@ -389,6 +415,7 @@ def run_generation_experiment(
             "model": model_name,
             "n_edits": len(data.records),
             "memory_size": len(data.memory),
+            "code_switch": config.code_switch,
             "neighbour_prompts": len(data.neighbours),
             "unrelated_prompts": len(data.unrelated),
             "evaluation": "final model after all edits of a method, against the original model",
@@ -505,6 +532,7 @@ def counterfactual_data(
     seed: int = 0,
     max_target_tokens: int | None = None,
     tokenizer: Any = None,
+    alias_languages: Sequence[str] = (),
 ) -> GenerationData:
     """The demo's data from the counterfactual benchmark (`peft_mpn.data.counterfactual`, world-countries + CLDR).
 
@@ -525,6 +553,8 @@ def counterfactual_data(
         seed: Seeds the benchmark (splits, new values, probes).
         max_target_tokens: With ``tokenizer``: only edits whose English target has at most this many tokens.
         tokenizer: The model's tokenizer (for ``max_target_tokens``).
+        alias_languages: Languages of ``GenerationData.aliases``: each country's English name in the prompts and
+            its CLDR name in these languages (names only, never a prompt or an answer), for code-switching.
 
     Raises:
         ValueError: An unknown split, language or relation, or fewer usable edits than ``n_edits``.
@@ -578,4 +608,22 @@ def counterfactual_data(
         memory=memory,
         neighbours=[{"prompt": text, "lang": lang} for text, lang in neighbours],
         unrelated=[{"prompt": text, "lang": lang} for text, lang in dict.fromkeys(unrelated)],
+        aliases=subject_aliases([*train, *pool], alias_languages),
     )
+
+
+def subject_aliases(records: Sequence[Any], languages: Sequence[str]) -> dict[str, dict[str, str]]:
+    """An alias table of the records' subjects: ``{"country:FR": {"en": <the English prompts' name>, lang: CLDR
+    name}}`` (`peft_mpn.data.countries.country_name`); empty without ``languages``."""
+    from ..data.countries import country_name
+
+    table: dict[str, dict[str, str]] = {}
+    if not languages:
+        return table
+    for record in records:
+        iso2, name = record.meta.get("country"), (record.meta.get("subject") or {}).get("en")
+        if not iso2 or not name or f"country:{iso2}" in table:
+            continue
+        names = {lang: country_name(iso2, lang) for lang in languages if lang != "en"}
+        table[f"country:{iso2}"] = {"en": name, **{lang: alias for lang, alias in names.items() if alias}}
+    return table

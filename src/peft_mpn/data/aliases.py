@@ -124,6 +124,54 @@ def code_switched_inputs(
     return {code_switch_language(lang, source): code_switch(base, table, lang, source) or base for lang in languages}
 
 
+def switched_copies(
+    texts: Sequence[str], aliases: Mapping[str, Mapping[str, str]], languages: Sequence[str]
+) -> list[str]:
+    """A code-switched copy of each text that names an entity of ``aliases``, the ``languages`` taken in turn.
+
+    Example:
+        >>> table = {"FR": {"en": "France", "ja": "フランス", "ko": "프랑스"}}
+        >>> switched_copies(["France is big.", "Water is wet.", "I like France."], table, ["ja", "ko"])
+        ['フランス is big.', 'I like 프랑스.']
+    """
+    out = []
+    for text in texts:
+        switched = code_switch(text, aliases, languages[len(out) % len(languages)])
+        if switched is not None:
+            out.append(switched)
+    return out
+
+
+def check_code_switch(
+    code_switch: Sequence[str], aliases: Mapping[str, Mapping[str, str]] | None
+) -> tuple[list[str], dict[str, dict[str, str]] | None]:
+    """A collator's ``code_switch`` languages and alias table, checked: ``(languages without repeats, table)``.
+
+    Raises:
+        TypeError: If ``code_switch`` is one string, or the table has the wrong shape.
+        ValueError: If ``code_switch`` lists ``"en"``, has no table, or names a language the table has no name in.
+    """
+    if isinstance(code_switch, str):
+        raise TypeError(f"code_switch must be a list of language codes like ['ja', 'ko'], not {code_switch!r}.")
+    code_switch = list(dict.fromkeys(code_switch))
+    if code_switch and aliases is None:
+        raise ValueError("code_switch needs an alias table: pass aliases={entity: {lang: name}}.")
+    if "en" in code_switch:
+        raise ValueError(
+            "code_switch lists 'en': code-switched examples write English text's names in *other* languages; "
+            "drop 'en'."
+        )
+    table = check_alias_table(aliases, name="aliases") if aliases is not None else None
+    if table is not None:
+        known = {lang for names in table.values() for lang in names}
+        unknown = [lang for lang in code_switch if lang not in known]
+        if unknown:
+            raise ValueError(
+                f"code_switch languages {unknown} have no name in the alias table; the table has {sorted(known)}."
+            )
+    return code_switch, table
+
+
 def benchmark_alias_table(
     languages: Sequence[str],
     benchmark_languages: Sequence[str] | None = None,
@@ -172,9 +220,11 @@ __all__ = [
     "CODE_SWITCH_SEPARATOR",
     "benchmark_alias_table",
     "check_alias_table",
+    "check_code_switch",
     "code_switch",
     "code_switch_language",
     "code_switched_inputs",
     "default_code_switch",
     "is_code_switched",
+    "switched_copies",
 ]

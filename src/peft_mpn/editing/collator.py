@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
+from ..data.aliases import check_code_switch, code_switch_language, switched_copies
 from ..utils.checks import is_int
 
 
@@ -107,6 +108,25 @@ class EditCollator(ABC):
         self.memory_batch_size = memory_batch_size
         self.max_length = max_length
         self.seed = seed
+        self.code_switch: list[str] = []  # see add_code_switch
+        self.aliases: dict[str, dict[str, str]] | None = None
+        self.code_switch_memory = True
+
+    def add_code_switch(
+        self, aliases: Mapping[str, Mapping[str, str]] | None, code_switch: Sequence[str], memory: bool = True
+    ) -> None:
+        """Set up code-switched training examples (called by a task's constructor after this one's).
+
+        Each language ``lang`` of ``code_switch`` adds the pseudo-language ``"en>lang"`` (the English example with its
+        entity names of ``aliases`` written in ``lang``) to the training languages, after the real ones; with
+        ``memory``, a code-switched copy of each memory text that names an entity joins the memory (the languages
+        taken in turn). Sets ``aliases``, ``code_switch`` and ``code_switch_memory``.
+        """
+        self.code_switch, self.aliases = check_code_switch(code_switch, aliases)
+        self.code_switch_memory = bool(memory)
+        self.languages = [*self.languages, *(code_switch_language(lang) for lang in self.code_switch)]
+        if self.code_switch and self.code_switch_memory:
+            self.memory.extend(switched_copies(self.memory, self.aliases, self.code_switch))
 
     @classmethod
     def for_edits(

@@ -8,30 +8,12 @@ from typing import Any
 
 import torch
 
-from ...data.aliases import check_alias_table, code_switch, code_switch_language, code_switched_inputs
+from ...data.aliases import code_switch, code_switch_language, code_switched_inputs, switched_copies
 from ...data.records import EditRecord
 from ...editing.collator import EditCollator, Sampling, training_languages
 
 
 __all__ = ["MultilingualEditCollator", "Sampling", "switched_copies", "training_languages"]
-
-
-def switched_copies(
-    texts: Sequence[str], aliases: Mapping[str, Mapping[str, str]], languages: Sequence[str]
-) -> list[str]:
-    """A code-switched copy of each text that names an entity of ``aliases``, the ``languages`` taken in turn.
-
-    Example:
-        >>> table = {"FR": {"en": "France", "ja": "フランス", "ko": "프랑스"}}
-        >>> switched_copies(["France is big.", "Water is wet.", "I like France."], table, ["ja", "ko"])
-        ['フランス is big.', 'I like 프랑스.']
-    """
-    out = []
-    for text in texts:
-        switched = code_switch(text, aliases, languages[len(out) % len(languages)])
-        if switched is not None:
-            out.append(switched)
-    return out
 
 
 class MultilingualEditCollator(EditCollator):
@@ -74,29 +56,7 @@ class MultilingualEditCollator(EditCollator):
         **options: Any,
     ) -> None:
         super().__init__(tokenizer, languages, memory, **options)
-        if isinstance(code_switch, str):
-            raise TypeError(f"code_switch must be a list of language codes like ['ja', 'ko'], not {code_switch!r}.")
-        code_switch = list(dict.fromkeys(code_switch))
-        if code_switch and aliases is None:
-            raise ValueError("code_switch needs an alias table: pass aliases={entity: {lang: name}}.")
-        if "en" in code_switch:
-            raise ValueError(
-                "code_switch lists 'en': code-switched examples write English text's names in *other* "
-                "languages; drop 'en'."
-            )
-        self.aliases = check_alias_table(aliases, name="aliases") if aliases is not None else None
-        if self.aliases is not None:
-            known = {lang for names in self.aliases.values() for lang in names}
-            unknown = [lang for lang in code_switch if lang not in known]
-            if unknown:
-                raise ValueError(
-                    f"code_switch languages {unknown} have no name in the alias table; the table has {sorted(known)}."
-                )
-        self.code_switch = code_switch
-        self.code_switch_memory = bool(code_switch_memory)
-        self.languages = [*self.languages, *(code_switch_language(lang) for lang in code_switch)]
-        if code_switch and self.code_switch_memory:
-            self.memory.extend(switched_copies(self.memory, self.aliases, code_switch))
+        self.add_code_switch(aliases, code_switch, code_switch_memory)
 
     def expand(self, record: EditRecord) -> EditRecord:
         """The record with its code-switched inputs and hard negatives (``"en>lang"``); itself without

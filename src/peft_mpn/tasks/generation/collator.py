@@ -9,13 +9,15 @@ across the boundary, the target is tokenised on its own.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from ...data.aliases import code_switch_language, code_switched_inputs
 from ...data.generation import GenerationEditRecord
 from ...editing.collator import EditCollator
 
@@ -78,6 +80,13 @@ class GenerationEditCollator(EditCollator):
         memory: Unrelated texts for the memory loss.
         kind: ``"causal"`` (decoder-only LMs) or ``"seq2seq"`` (encoder-decoder LMs).
         decoder_start_token_id: For ``kind="seq2seq"``, the model's ``config.decoder_start_token_id``.
+        aliases: An alias table ``{entity: {lang: name}}`` (see `peft_mpn.data.aliases`), for ``code_switch``.
+        code_switch: Languages of code-switched training examples: for each ``lang``, the English prompt with every
+            entity name of ``aliases`` written in ``lang`` and the English target, as the pseudo-language
+            ``"en>lang"`` (after the real training languages; it joins the memory after the edit like them).
+        code_switch_memory: With ``code_switch``, also add a code-switched copy of every memory text that names an
+            entity of ``aliases`` (the languages taken in turn), so that the patch learns to stay silent on
+            unrelated text with those names too.
         **options: ``sampling``, ``k``, ``weights``, ``edit_repeat``, ``memory_batch_size``, ``max_length`` and
             ``seed``, as for `MultilingualEditCollator`. An edit longer than ``max_length`` tokens is an error;
             memory texts are truncated.
@@ -97,9 +106,13 @@ class GenerationEditCollator(EditCollator):
         *,
         kind: ModelKind = "causal",
         decoder_start_token_id: int | None = None,
+        aliases: Mapping[str, Mapping[str, str]] | None = None,
+        code_switch: Sequence[str] = (),
+        code_switch_memory: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(tokenizer, languages, memory, **options)
+        self.add_code_switch(aliases, code_switch, code_switch_memory)
         if kind not in ("causal", "seq2seq"):
             raise ValueError(f"GenerationEditCollator kind must be 'causal' or 'seq2seq', not {kind!r}.")
         if kind == "seq2seq" and decoder_start_token_id is None:
@@ -119,6 +132,17 @@ class GenerationEditCollator(EditCollator):
     # ------------------------------------------------------------------ ids
     record_field = "prompt"
     translations = "the translations (prompt and target)"
+
+    def expand(self, record: GenerationEditRecord) -> GenerationEditRecord:
+        """The record with its code-switched prompts (``"en>lang"``: the English prompt with its names in ``lang``,
+        or the English prompt where it names no entity of the table) and their target, the English one; itself
+        without ``code_switch`` or when it has them already. The record passed in is not changed."""
+        missing = [lang for lang in self.code_switch if code_switch_language(lang) not in record.prompt]
+        if not missing or "en" not in record.prompt or "en" not in record.target:
+            return record
+        prompt = {**record.prompt, **code_switched_inputs(record.prompt, self.aliases, missing)}
+        target = {**record.target, **{code_switch_language(lang): record.target["en"] for lang in missing}}
+        return dataclasses.replace(record, prompt=prompt, target=target)
 
     def check(self, record: GenerationEditRecord) -> None:
         """Raise if ``record`` is not a generation record or lacks a training language."""
@@ -196,6 +220,7 @@ class GenerationEditCollator(EditCollator):
         """
         if isinstance(record, dict):
             record = GenerationEditRecord.from_dict(record)
+        record = self.expand(record)
         self.check(record)
         weights = self.step_weights(step)
         languages = list(weights)

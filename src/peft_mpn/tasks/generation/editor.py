@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +185,12 @@ class CausalLMEditor(Editor):
         sampling, k, weights: Language sampling per step (see `MultilingualEditCollator`).
         max_length: Token limit per text.
         progress: Show progress bars.
+        aliases: An alias table ``{entity: {lang: name}}`` for ``code_switch`` (see `peft_mpn.data.aliases`).
+        code_switch: Languages of code-switched training examples (the English prompt with its entity names in each
+            language and the English target, as the pseudo-language ``"en>lang"``), also for ``method="tpatcher"``
+            (they are English prompts): they aim the keys at the edit's subject in any script.
+        code_switch_memory: With ``code_switch``, add a code-switched copy of each memory text that names an entity
+            of ``aliases`` (`GenerationEditCollator`).
 
     Example:
         >>> from transformers import AutoModelForCausalLM, AutoTokenizer  # doctest: +SKIP
@@ -221,6 +227,9 @@ class CausalLMEditor(Editor):
         weights: dict[str, float] | None = None,
         max_length: int = 128,
         progress: bool = True,
+        aliases: Mapping[str, Mapping[str, str]] | None = None,
+        code_switch: Sequence[str] = (),
+        code_switch_memory: bool = True,
     ) -> None:
         if method not in GENERATION_METHODS:
             raise ValueError(f"CausalLMEditor method must be one of {GENERATION_METHODS}, not {method!r}.")
@@ -247,7 +256,17 @@ class CausalLMEditor(Editor):
         self.uses_patch = isinstance(strategy, PatchStrategy)
         config = config or EditConfig()
         collator = GenerationEditCollator.for_edits(
-            tokenizer, languages, memory, config, sampling=sampling, k=k, weights=weights, max_length=max_length
+            tokenizer,
+            languages,
+            memory,
+            config,
+            sampling=sampling,
+            k=k,
+            weights=weights,
+            max_length=max_length,
+            aliases=aliases,
+            code_switch=code_switch,
+            code_switch_memory=code_switch_memory,
         )
         positions = getattr(getattr(strategy.model, "config", None), "max_position_embeddings", None)
         collator.positions = positions if is_int(positions, least=1) else None  # learned positions end there
@@ -320,6 +339,7 @@ class CausalLMEditor(Editor):
     def _record(self, record: GenerationEditRecord | dict[str, Any]) -> GenerationEditRecord:
         if isinstance(record, dict):
             record = GenerationEditRecord.from_dict(record)
+        record = self.collator.expand(record)
         self.collator.check(record)
         return record
 
