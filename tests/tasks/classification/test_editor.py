@@ -142,8 +142,12 @@ def test_negatives_are_memory_rows_of_their_edit_on_both_paths(classifier):
 
 def test_resume_after_crash_gives_the_same_adapter(classifier, tmp_path, monkeypatch):
     editor, tokenizer = make_editor(classifier)
-    records = wrong_records(editor.model, tokenizer, 6)
+    records = wrong_records(editor.model, tokenizer, 8)
     reference = editor.edit_stream(records, checkpoint_dir=tmp_path / "ref", checkpoint_every=2)
+    # A record an earlier patch already fixed is skipped without an edit (how many depends on the float summation
+    # order, so on the thread count): crash at the 4th edit, whichever record that is.
+    edited = [i for i, r in enumerate(reference) if not r.skipped]
+    assert len(edited) >= 4
     expected = {k: v.clone() for k, v in editor.model.state_dict().items() if "mpn_patches" in k}
 
     crashing, _ = make_editor(classifier)
@@ -161,7 +165,7 @@ def test_resume_after_crash_gives_the_same_adapter(classifier, tmp_path, monkeyp
         crashing.edit_stream(records, checkpoint_dir=tmp_path / "run", checkpoint_every=2)
     monkeypatch.setattr(MPNEditor, "edit", real_edit)
     state = json.loads((tmp_path / "run" / "current" / "state.json").read_text())
-    assert len(state["results"]) == 2  # the checkpoint after edit 2; edit 3 was lost with the crash
+    assert len(state["results"]) == edited[1] + 1  # the checkpoint after edit 2; edit 3 was lost with the crash
 
     resumed, _ = make_editor(classifier)  # a fresh process: fresh model, no patches
     results = resumed.edit_stream(records, checkpoint_dir=tmp_path / "run", checkpoint_every=2)
