@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -620,20 +620,23 @@ class MPNModel(BaseTuner):
         adapter = self._adapter(adapter_name)
         return sum(int(parts["key"].bank(adapter).num_frozen) for parts in self.patch_blocks(adapter).values())
 
-    def patch_parameters(self, adapter_name: str | None = None, newest_only: bool = False) -> list[nn.Parameter]:
-        """The trainable patch Parameters of the adapter (only the newest patch's when ``newest_only``)."""
+    def patch_parameters(
+        self, adapter_name: str | None = None, newest_only: bool = False, roles: Sequence[str] = ROLES
+    ) -> list[nn.Parameter]:
+        """The trainable patch Parameters of the adapter (only the newest patch's when ``newest_only``; only the
+        banks of ``roles``, of ``"key"``, ``"up"`` and ``"value"``, when given)."""
         adapter = self._adapter(adapter_name)
         params = []
-        for bank in self._banks(adapter):
+        for bank in self._banks(adapter, roles):
             weights, biases = list(bank.weights), list(bank.biases)
             if newest_only:
                 weights, biases = weights[-1:], biases[-1:]
             params.extend(weights + biases)
         return params
 
-    def _banks(self, adapter: str) -> Iterator[PatchBank]:
+    def _banks(self, adapter: str, roles: Sequence[str] = ROLES) -> Iterator[PatchBank]:
         for parts in self.patch_blocks(adapter).values():
-            for role in ROLES:
+            for role in roles:
                 if role in parts:
                     yield parts[role].bank(adapter)
 

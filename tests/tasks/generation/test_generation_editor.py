@@ -163,3 +163,31 @@ def test_bad_input_says_what_to_fix():
         CausalLMEditor(model, tokenizer, languages="en")
     with pytest.raises(TypeError, match="list of texts"):
         editor.add_to_memory("one text")
+
+
+def test_fitted_keys_start_on_every_training_language_and_can_stay_fixed():
+    records = lm_edit_records(2, seed=5)
+    for train_key in (False, True):
+        editor, _ = make_editor("llama", key_init="fit", train_key=train_key)
+        added, add_patch = [], editor.model.add_patch
+
+        def spy(n, key=None, bias=None, added=added, add_patch=add_patch, **kwargs):
+            added.append((key.clone(), bias.clone()))
+            return add_patch(n, key=key, bias=bias, **kwargs)
+
+        editor.model.add_patch = spy
+        results = editor.edit_stream(records)
+        assert all(r.success and r.generated["fr"] for r in results)
+        key = next(iter(editor.model.patch_blocks("default").values()))["key"].bank("default")
+        for (start, bias), weight, trained_bias in zip(added, key.weights, key.biases):
+            assert bool((bias != 0).all())  # a fitted bias, not the input key's 0
+            same = torch.allclose(weight.detach(), start) and torch.allclose(trained_bias.detach(), bias)
+            assert same is not train_key  # frozen keys keep their fitted start, trained ones move
+    for r in records:  # the fitted keys, trained from there, fire on the edit prompt in both training languages
+        for lang in ("en", "fr"):
+            ids = torch.tensor([editor.collator.text_ids(r["prompt"][lang])])
+            with editor.model.capture_activations() as captured, torch.no_grad():
+                editor.model(input_ids=ids)
+            assert bool((next(iter(captured.values()))[0, -1] > 0).any()), (r["id"], lang)
+    with pytest.raises(ValueError, match="key_init"):
+        make_editor("llama", key_init="zero")

@@ -29,6 +29,7 @@ from ...editing.baselines import BaselineConfig, PatchStrategy, check_finite_inp
 from ...editing.collator import Sampling, training_languages
 from ...editing.editor import Editor, EditResult
 from ...editing.fastpath import FastPathUnsupported, capture_inputs
+from ...editing.keyfit import fit_key
 from ...editing.losses import EditConfig, LossParts, activation_loss, edit_loss, memory_loss
 from ...editing.stopping import StepStats, stats_of
 from ...tuner.config import MPNConfig
@@ -191,6 +192,13 @@ class CausalLMEditor(Editor):
             (they are English prompts): they aim the keys at the edit's subject in any script.
         code_switch_memory: With ``code_switch``, add a code-switched copy of each memory text that names an entity
             of ``aliases`` (`GenerationEditCollator`).
+        key_init: ``"input"`` (Transformer-Patcher: each key starts at its first input, ``h / |h|^2``, bias 0) or
+            ``"fit"``: each key and bias start as a balanced logistic regression of the neuron's inputs in every
+            training language against the memory (`peft_mpn.editing.keyfit.fit_key`), which fires on translations
+            the input key misses. ``"fit"`` needs the fast path (cached memory inputs); without it the input key is
+            used.
+        train_key: Train the new keys (and gated MLPs' up units) with the value; ``False`` trains the value only,
+            so that a fitted key keeps its decision boundary.
 
     Example:
         >>> from transformers import AutoModelForCausalLM, AutoTokenizer  # doctest: +SKIP
@@ -230,6 +238,8 @@ class CausalLMEditor(Editor):
         aliases: Mapping[str, Mapping[str, str]] | None = None,
         code_switch: Sequence[str] = (),
         code_switch_memory: bool = True,
+        key_init: str = "input",
+        train_key: bool = True,
     ) -> None:
         if method not in GENERATION_METHODS:
             raise ValueError(f"CausalLMEditor method must be one of {GENERATION_METHODS}, not {method!r}.")
@@ -240,7 +250,11 @@ class CausalLMEditor(Editor):
                 f"CausalLMEditor memory_hard_k must be a positive int or None (every memory position), got "
                 f"{memory_hard_k!r}."
             )
+        if key_init not in ("input", "fit"):
+            raise ValueError(f"CausalLMEditor key_init must be 'input' or 'fit', not {key_init!r}.")
         languages = training_languages(languages, english_only=method == "tpatcher")
+        self.key_init = key_init
+        self.train_key = bool(train_key)
         self.max_neurons = max_neurons
         self.split_spellings = bool(split_spellings)
         self.memory_hard_k = memory_hard_k
@@ -292,6 +306,7 @@ class CausalLMEditor(Editor):
         self._params: list[nn.Parameter] = []  # what the current edit trains
         self._replay: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # baselines: x, z, log-probs
         self._replay_warned = False
+        self._fit_warned = False
 
     @property
     def fast(self) -> bool:
@@ -521,22 +536,44 @@ class CausalLMEditor(Editor):
                 self._verify_fast_path(rows)
             self._replay = self._replay_set(record)
             return rows
-        keys = []
-        for i in range(n):  # neuron i starts at its first position in the first language (English first) it has
-            lang = next(lang for lang in self.languages if bool((rows[lang].neurons == i).any()))
-            first = int(rows[lang].positions[rows[lang].neurons == i][0])
-            h = rows[lang].x[first].detach().float().cpu()
-            keys.append(h / h.norm().clamp_min(1e-8) ** 2)  # Transformer-Patcher: pre-activation 1 there
-        width = self.strategy.parts["value"].out_features
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + zlib.crc32(record.id.encode()))
+        keys, biases = self._initial_keys(rows, n, generator)
+        width = self.strategy.parts["value"].out_features
         value = torch.randn(n, width, generator=generator) * self.config.value_init_std / width**0.5
-        self.model.add_patch(
-            n, key=torch.stack(keys), bias=0.0, value=value, adapter_name=self.adapter_name, edit_id=record.id
-        )
+        self.model.add_patch(n, key=keys, bias=biases, value=value, adapter_name=self.adapter_name, edit_id=record.id)
         if self.suffix is not None and not self._verified:
             self._verify_fast_path(rows)
         self._params = self.model.patch_parameters(self.adapter_name, newest_only=True)
+        if not self.train_key:
+            value_params = set(
+                map(id, self.model.patch_parameters(self.adapter_name, newest_only=True, roles=("value",)))
+            )
+            self._params = [p for p in self._params if id(p) in value_params]
         return rows
+
+    def _initial_keys(
+        self, rows: dict[str, _LanguageRows], n: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new patch's ``(keys (n, d), biases (n,))``: each neuron's first input (``h / |h|^2``, bias 0), or with
+        ``key_init="fit"`` a key fitted on all of its inputs against (up to 8,192 of) the memory's."""
+        inputs = []
+        for i in range(n):  # each neuron's inputs, the first language (English first) that has it first
+            inputs.append(
+                torch.cat([rows[lang].x[rows[lang].positions[rows[lang].neurons == i]] for lang in self.languages])
+            )
+        memory = self._memory_x
+        if self.key_init == "fit" and (memory is None or not len(memory)):
+            if not self._fit_warned:
+                logger.warning("key_init='fit' needs the fast path and a memory; starting keys at their inputs")
+                self._fit_warned = True
+        elif self.key_init == "fit":
+            if len(memory) > 8192:
+                memory = memory[torch.randperm(len(memory), generator=generator)[:8192].to(memory.device)]
+            fitted = [fit_key(x, memory) for x in inputs]
+            return torch.stack([k for k, _ in fitted]).cpu(), torch.stack([b for _, b in fitted]).cpu()
+        firsts = [x[0].detach().float().cpu() for x in inputs]
+        keys = torch.stack([h / h.norm().clamp_min(1e-8) ** 2 for h in firsts])  # T-Patcher: pre-activation 1
+        return keys, torch.zeros(n)
 
     @torch.no_grad()
     def _replay_set(self, record: GenerationEditRecord) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
