@@ -469,6 +469,9 @@ def _demo_generation(args: argparse.Namespace) -> int:
         patch_layer=args.patch_layer,
         sharpness=args.sharpness,
         split_spellings=args.split_spellings,
+        key_init=args.key_init,
+        train_key=args.train_key,
+        script_memory=args.script_memory,
         code_switch=code_switch,
         code_switch_memory=args.code_switch_memory,
         edit=EditConfig(
@@ -799,6 +802,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="generation: one MPN neuron per spelling where the training languages' targets differ "
         "(--no-split-spellings: one neuron per target position, shared by every language)",
+    )
+    p.add_argument(
+        "--key-init",
+        choices=["input", "fit"],
+        default="input",
+        help="generation: how T-Patcher's and MPN's keys start: at the edit input (Transformer-Patcher) or fitted "
+        "as a logistic regression of the edit's inputs against the memory (default: input)",
+    )
+    p.add_argument(
+        "--train-key",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="generation: train the patches' keys with their values (--no-train-key: values only)",
+    )
+    p.add_argument(
+        "--script-memory",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="generation: add CLDR texts in 20 scripts and in languages the demo does not evaluate to every "
+        "method's memory (default: off)",
     )
     p.add_argument("--memory-size", type=int, default=1000)
     p.add_argument("--max-countries", type=int, default=None)

@@ -57,6 +57,8 @@ def test_counterfactual_data_splits_countries_and_keeps_probes_apart():
     assert not any(p in memory for p in prompts)  # edited subjects are not in the memory (train countries)
     assert test.neighbours and not any(n["prompt"] in prompts for n in test.neighbours)
     assert {u["lang"] for u in test.unrelated} == set(test.records[0]["prompt"])
+    script_langs = {m["lang"] for m in test.script_memory}  # many scripts, none of them an evaluated language
+    assert len(script_langs) > 20 and not script_langs & set(test.records[0]["prompt"])
     with pytest.raises(ValueError, match="train countries are the memory"):
         counterfactual_data("train", 2)
     with pytest.raises(ValueError, match="only"):

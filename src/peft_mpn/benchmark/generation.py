@@ -61,6 +61,8 @@ class GenerationData:
         unrelated: ``{"prompt", "lang"}`` unrelated prompts whose next token must not change.
         aliases: An alias table ``{entity: {lang: name}}`` of the subjects' names (see `peft_mpn.data.aliases`),
             for ``GenerationExperimentConfig.code_switch``.
+        script_memory: ``{"text", "lang"}`` unrelated texts in languages the experiment does not evaluate, in many
+            scripts (`peft_mpn.data.script_memory`), for ``GenerationExperimentConfig.script_memory``.
     """
 
     records: list[dict[str, Any]]
@@ -68,6 +70,7 @@ class GenerationData:
     neighbours: list[dict[str, str]] = field(default_factory=list)
     unrelated: list[dict[str, str]] = field(default_factory=list)
     aliases: dict[str, dict[str, str]] = field(default_factory=dict)
+    script_memory: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +94,12 @@ class GenerationExperimentConfig:
             subject's name in each language (``GenerationData.aliases``) and the English target. ``[]``: none. They
             must not be evaluated languages (their names would then be trained on).
         code_switch_memory: With ``code_switch``, code-switched copies of the memory's texts join the memory.
+        key_init: How T-Patcher's and MPN's keys start (`CausalLMEditor`'s ``key_init``): ``"input"``
+            (Transformer-Patcher) or ``"fit"`` (a logistic key of the edit's inputs against the memory).
+        train_key: Train the patches' keys with their values (`CausalLMEditor`'s ``train_key``).
+        script_memory: Every method's memory also gets ``GenerationData.script_memory``: unrelated texts in many
+            scripts and in languages that are not evaluated, so that a patch learns to stay silent on scripts its
+            training languages do not show.
         baselines: ``method -> BaselineConfig`` for FT-L and LoRA (default ``BaselineConfig.for_method``).
         continuation_tokens: Tokens of the original model's greedy continuation that locality compares.
         n_examples: Records whose greedy generations before and after go into the examples table.
@@ -107,6 +116,9 @@ class GenerationExperimentConfig:
     sharpness: float = 10.0
     code_switch: list[str] = field(default_factory=list)
     code_switch_memory: bool = True
+    key_init: str = "input"
+    train_key: bool = True
+    script_memory: bool = False
     baselines: dict[str, BaselineConfig] = field(default_factory=dict)
     continuation_tokens: int = 4
     n_examples: int = 2
@@ -369,6 +381,8 @@ def run_generation_experiment(
         label = LABELS[method]
         languages = ["en"] if method == "tpatcher" else config.train_languages
         memory = [m["text"] for m in data.memory if m["lang"] in languages]
+        if config.script_memory:
+            memory += [m["text"] for m in data.script_memory]
         torch.manual_seed(config.seed)
         patches = method in ("tpatcher", "mpn")
         layer = _patch_layer(config.patch_layer, model) if patches else None
@@ -384,7 +398,11 @@ def run_generation_experiment(
             config=copy.deepcopy(config.edit),
             baseline=config.baseline(method) if method in ("ft", "lora") else None,
             mpn_config=MPNConfig(layers_to_transform=None if layer is None else [layer], sharpness=config.sharpness),
-            **({"split_spellings": config.split_spellings} if patches else {}),
+            **(
+                {"split_spellings": config.split_spellings, "key_init": config.key_init, "train_key": config.train_key}
+                if patches
+                else {}
+            ),
             progress=progress,
             aliases=data.aliases if switch else None,
             code_switch=switch,
@@ -539,7 +557,8 @@ def counterfactual_data(
     - **Edits**: the first ``n_edits`` records of ``split`` (one per country: its first relation of ``relations``),
       ``"Country: France\nCapital:"`` → another country's capital in each language's spelling.
     - **Memory**: the true facts of the *train* countries (prompt + true answer), tagged with their language, plus
-      a few everyday sentences; a method gets those in its training languages.
+      a few everyday sentences; a method gets those in its training languages. ``script_memory``: CLDR texts in
+      the languages of `peft_mpn.data.script_memory.SCRIPT_POOL` that are not in ``languages``.
     - **Neighbours**: each edit's neighbour facts (other countries of the probe split, same relation; the same country
       in other relations where ``relations`` has them), in every language, never an edited prompt.
     - **Unrelated**: the records' unrelated prompts, the benchmark's general-knowledge prompts and
@@ -565,6 +584,7 @@ def counterfactual_data(
         one_per_country,
         unrelated_prompts,
     )
+    from ..data.script_memory import script_memory
 
     if split not in ("validation", "test"):
         raise ValueError(f"split must be 'validation' or 'test' (train countries are the memory), not {split!r}.")
@@ -609,6 +629,7 @@ def counterfactual_data(
         neighbours=[{"prompt": text, "lang": lang} for text, lang in neighbours],
         unrelated=[{"prompt": text, "lang": lang} for text, lang in dict.fromkeys(unrelated)],
         aliases=subject_aliases([*train, *pool], alias_languages),
+        script_memory=script_memory(exclude=languages),
     )
 
 
