@@ -162,6 +162,8 @@ def test_code_switch_trains_tpatcher_and_mpn_on_names_of_languages_not_evaluated
     assert results["setup"]["code_switch"] == ["ko"] and set(results["methods"]["MPN"]["GR"]) == {"en", "fr", "zh"}
     with pytest.raises(ValueError, match=r"lists evaluated languages \['zh'\]"):
         GenerationExperimentConfig(train_languages=["en"], heldout_languages=["zh"], code_switch=["zh"])
+    with pytest.raises(ValueError, match="key_init must be 'input' or 'fit'"):
+        GenerationExperimentConfig(key_init="random")
     out = tmp_path / "gen"
     argv = ["demo", "--task", "generation", "--model", str(path), "--output", str(out), "--n-edits", "1"]
     argv += ["--methods", "tpatcher", "--train-languages", "en,fr", "--heldout-languages", "zh", "--quiet"]
@@ -169,3 +171,6 @@ def test_code_switch_trains_tpatcher_and_mpn_on_names_of_languages_not_evaluated
     assert json.loads((out / "results.json").read_text())["setup"]["code_switch"] == ["he", "ko"]
     assert main([*argv, "--max-target-tokens", "50", "--patience", "3", "--code-switch", "auto"]) == 0
     assert json.loads((out / "results.json").read_text())["setup"]["code_switch"] == []  # chosen on validation
+    assert main([*argv, "--max-target-tokens", "50", "--patience", "3", "--script-memory", "--key-init", "fit"]) == 0
+    setup = json.loads((out / "results.json").read_text())["setup"]
+    assert setup["script_memory"] > 100 and setup["config"]["key_init"] == "fit"

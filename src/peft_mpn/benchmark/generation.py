@@ -144,6 +144,8 @@ class GenerationExperimentConfig:
                 f"GenerationExperimentConfig.code_switch lists evaluated languages {evaluated}: their names would be "
                 "trained on; use languages the experiment does not evaluate (peft_mpn.data.aliases.CODE_SWITCH_POOL)."
             )
+        if self.key_init not in ("input", "fit"):
+            raise ValueError(f"GenerationExperimentConfig.key_init must be 'input' or 'fit', not {self.key_init!r}.")
 
     @property
     def languages(self) -> list[str]:
@@ -433,6 +435,7 @@ def run_generation_experiment(
             "model": model_name,
             "n_edits": len(data.records),
             "memory_size": len(data.memory),
+            "script_memory": len(data.script_memory) if config.script_memory else 0,
             "code_switch": config.code_switch,
             "neighbour_prompts": len(data.neighbours),
             "unrelated_prompts": len(data.unrelated),
