@@ -819,9 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--script-memory",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="generation: add CLDR texts in 20 scripts and in languages the demo does not evaluate to every "
-        "method's memory (default: off)",
+        "method's memory (default: on; --no-script-memory: the training languages' memory only)",
     )
     p.add_argument("--memory-size", type=int, default=1000)
     p.add_argument("--max-countries", type=int, default=None)

@@ -171,6 +171,9 @@ def test_code_switch_trains_tpatcher_and_mpn_on_names_of_languages_not_evaluated
     assert json.loads((out / "results.json").read_text())["setup"]["code_switch"] == ["he", "ko"]
     assert main([*argv, "--max-target-tokens", "50", "--patience", "3", "--code-switch", "auto"]) == 0
     assert json.loads((out / "results.json").read_text())["setup"]["code_switch"] == []  # chosen on validation
-    assert main([*argv, "--max-target-tokens", "50", "--patience", "3", "--script-memory", "--key-init", "fit"]) == 0
+    assert json.loads((out / "results.json").read_text())["setup"]["script_memory"] > 100  # on by default
+    assert (
+        main([*argv, "--max-target-tokens", "50", "--patience", "3", "--no-script-memory", "--key-init", "fit"]) == 0
+    )
     setup = json.loads((out / "results.json").read_text())["setup"]
-    assert setup["script_memory"] > 100 and setup["config"]["key_init"] == "fit"
+    assert setup["script_memory"] == 0 and setup["config"]["key_init"] == "fit"
