@@ -177,3 +177,19 @@ def test_code_switch_trains_tpatcher_and_mpn_on_names_of_languages_not_evaluated
     )
     setup = json.loads((out / "results.json").read_text())["setup"]
     assert setup["script_memory"] == 0 and setup["config"]["key_init"] == "fit"
+
+
+def test_demo_generation_defaults_on_the_builtin_model(tiny_lm, tmp_path, monkeypatch):
+    """Without --model the demo edits the built-in LM in GEMMA_PATCH_LAYER with MPN on en, fr, ru, zh."""
+    import peft_mpn.cli
+    import peft_mpn.models
+
+    _, model, tokenizer = tiny_lm
+    monkeypatch.setattr(peft_mpn.models, "load_causal_lm", lambda: (model, tokenizer))
+    monkeypatch.setattr(peft_mpn.cli, "GEMMA_PATCH_LAYER", 0)  # the tiny LM has 2 layers; Gemma 3 270M's is 12
+    argv = ["demo", "--task", "generation", "--output", str(tmp_path), "--n-edits", "1", "--methods", "tpatcher"]
+    assert main([*argv, "--max-target-tokens", "50", "--patience", "3", "--quiet"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["setup"]["config"]["patch_layer"] == 0 and results["setup"]["script_memory"] > 100
+    assert results["train_languages"] == ["en", "fr", "ru", "zh"]
+    assert results["heldout_languages"] == ["de", "es", "ar", "ja", "hi"]
