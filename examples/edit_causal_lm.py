@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import peft_mpn  # noqa: F401  (registers the "MPN" PEFT type, needed by PeftModel.from_pretrained)
 from peft_mpn import CausalLMEditor, EditConfig, MPNConfig, read_generation_records
+from peft_mpn.data.script_memory import script_memory
 from peft_mpn.models import CAUSAL_LM, load_causal_lm
 from peft_mpn.tasks.generation.metrics import summarize_generation
 
@@ -120,6 +121,11 @@ def main() -> None:
     parser.add_argument("--edits", default=str(EDITS), help="JSONL of generation edits (default: %(default)s)")
     parser.add_argument("--memory", help="text file, one unrelated text per line (default: a built-in list)")
     parser.add_argument("--languages", default="en,fr", help="training languages; the others are held out")
+    parser.add_argument(
+        "--script-memory",
+        action="store_true",
+        help="add unrelated CLDR texts in 22 scripts (none in the edits' languages) to the memory",
+    )
     parser.add_argument("--output", help="where to save the adapter (default: a temporary directory)")
     parser.add_argument("--max-neurons", type=int, default=5, help="most neurons per edit (one per wrong token)")
     parser.add_argument("--lr", type=float, default=3e-2, help="learning rate of the patches")
@@ -136,6 +142,8 @@ def main() -> None:
         if args.memory is None
         else [line.strip() for line in Path(args.memory).read_text(encoding="utf-8").splitlines() if line.strip()]
     )
+    if args.script_memory:
+        memory = [*memory, *(t["text"] for t in script_memory(exclude=[lang for r in records for lang in r.prompt]))]
     unrelated = UNRELATED + [p for r in records for p in r.locality]
     texts = [t for r in records for lang in r.prompt for t in (r.text(lang), *r.rephrases.get(lang, []))]
     model, tokenizer = load(args.model, [*texts, *memory, *unrelated], args.dtype, args.device)
@@ -154,6 +162,7 @@ def main() -> None:
         n = len(editor.collator.encode_record(record, lang).target_ids) + args.extra_tokens
         return editor.generate([record.prompt[lang]], n)[0]
 
+    print(f"memory: {editor.memory_size} texts; editing {len(records)} records on {', '.join(languages)}")
     before_text = {r.id: {lang: show(r, lang) for lang in r.prompt} for r in records}
     before = editor.evaluate(records)
     results = editor.edit_stream(records)

@@ -49,6 +49,7 @@ def test_edit_causal_lm_on_a_saved_model_with_its_own_edits(tmp_path):
             str(tmp_path / "memory.txt"),
             "--languages",
             "en,fr",
+            "--script-memory",
             "--output",
             str(tmp_path / "adapter"),
         ],
@@ -62,6 +63,7 @@ def test_edit_causal_lm_on_a_saved_model_with_its_own_edits(tmp_path):
     assert out.count("success=True") == 2 and "[fr, train]" in out and "[de, held-out]" in out
     assert "efficacy (greedy generation, en): 1.00" in out
     assert "same generations: True" in out
+    assert "memory: 220 texts" in out  # 80 from memory.txt, 140 from --script-memory (35 languages, none edited)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text(encoding="utf-8"))
     assert config["peft_type"] == "MPN" and config["languages"] == ["en", "fr"]
     assert config["patch_sizes"] == {"transformer.h.1": [2, 2]}

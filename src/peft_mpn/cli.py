@@ -828,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--script-memory",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="generation: add CLDR texts in 20 scripts and in languages the demo does not evaluate to every "
+        help="generation: add CLDR texts in 22 scripts and in languages the demo does not evaluate to every "
         "method's memory (default: on; --no-script-memory: the training languages' memory only)",
     )
     p.add_argument("--memory-size", type=int, default=1000)

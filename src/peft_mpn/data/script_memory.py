@@ -3,7 +3,7 @@
 A patch trained against a memory in its training languages only has never been told to stay silent on other
 scripts. On Gemma 3 270M, a patch for India's capital trained on English and French fired on nearly every Hindi
 prompt (docs/benchmark.md). These texts are CLDR's month, weekday, world-region and script names in many languages:
-unrelated to any fact, offline, and in 20 scripts. Evaluated languages are left out by the caller
+unrelated to any fact, offline, and in 22 scripts. Evaluated languages are left out by the caller
 (``exclude``), so a held-out language stays unseen; its script may not be (Marathi and Nepali are written in
 Devanagari, as Hindi is).
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-#: Languages of :func:`script_memory`: 34 languages in 20 scripts (Latin, Cyrillic, Greek, Hebrew, Arabic,
+#: Languages of :func:`script_memory`: 35 languages in 22 scripts (Latin, Cyrillic, Greek, Hebrew, Arabic,
 #: Devanagari, Bengali, Gurmukhi, Gujarati, Tamil, Telugu, Kannada, Malayalam, Sinhala, Thai, Lao, Khmer, Myanmar,
 #: Hangul, Georgian, Armenian, Ethiopic).
 SCRIPT_POOL: tuple[str, ...] = (
