@@ -40,7 +40,7 @@ from ..editing import metrics
 from ..editing.baselines import BaselineConfig
 from ..editing.losses import EditConfig
 from ..tasks.generation.collator import EncodedEdit, GenerationEditCollator
-from ..tasks.generation.editor import CausalLMEditor
+from ..tasks.generation.editor import KEY_INITS, CausalLMEditor
 from ..tasks.generation.generate import batched_greedy, teacher_forced_scores
 from ..tuner.config import MPNConfig
 
@@ -145,7 +145,7 @@ class GenerationExperimentConfig:
                 f"GenerationExperimentConfig.code_switch lists evaluated languages {evaluated}: their names would be "
                 "trained on; use languages the experiment does not evaluate (peft_mpn.data.aliases.CODE_SWITCH_POOL)."
             )
-        if self.key_init not in ("input", "fit"):
+        if self.key_init not in KEY_INITS:
             raise ValueError(f"GenerationExperimentConfig.key_init must be 'input' or 'fit', not {self.key_init!r}.")
 
     @property

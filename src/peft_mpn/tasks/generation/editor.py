@@ -33,6 +33,7 @@ from ...editing.keyfit import fit_key
 from ...editing.losses import EditConfig, LossParts, activation_loss, edit_loss, memory_loss
 from ...editing.stopping import StepStats, stats_of
 from ...tuner.config import MPNConfig
+from ...tuner.layer import ROLES
 from ...utils.checks import is_int
 from .collator import EncodedEdit, GenerationEditCollator, pad_right
 from .fastpath import CachedStates, LMLayerSuffix, LMSuffix, NotLastLayer
@@ -42,6 +43,7 @@ from .metrics import token_accuracy, token_agreement
 
 logger = logging.getLogger(__name__)
 GENERATION_METHODS = ("mpn", "tpatcher", "ft", "lora")
+KEY_INITS = ("input", "fit")  # CausalLMEditor's key_init
 
 
 @dataclass
@@ -250,7 +252,7 @@ class CausalLMEditor(Editor):
                 f"CausalLMEditor memory_hard_k must be a positive int or None (every memory position), got "
                 f"{memory_hard_k!r}."
             )
-        if key_init not in ("input", "fit"):
+        if key_init not in KEY_INITS:
             raise ValueError(f"CausalLMEditor key_init must be 'input' or 'fit', not {key_init!r}.")
         languages = training_languages(languages, english_only=method == "tpatcher")
         self.key_init = key_init
@@ -543,12 +545,8 @@ class CausalLMEditor(Editor):
         self.model.add_patch(n, key=keys, bias=biases, value=value, adapter_name=self.adapter_name, edit_id=record.id)
         if self.suffix is not None and not self._verified:
             self._verify_fast_path(rows)
-        self._params = self.model.patch_parameters(self.adapter_name, newest_only=True)
-        if not self.train_key:
-            value_params = set(
-                map(id, self.model.patch_parameters(self.adapter_name, newest_only=True, roles=("value",)))
-            )
-            self._params = [p for p in self._params if id(p) in value_params]
+        roles = ROLES if self.train_key else ("value",)
+        self._params = self.model.patch_parameters(self.adapter_name, newest_only=True, roles=roles)
         return rows
 
     def _initial_keys(
